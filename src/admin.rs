@@ -1,0 +1,73 @@
+//! The admin listener: `/healthz`, `/readyz`. Never the webhook path, never on the webhook port.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::proxy::Shared;
+
+pub struct Admin {
+    pub shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        match path.as_str() {
+            "/healthz" => text(200, "ok\n".into()),
+            "/readyz" => {
+                let (ready, detail) = self.readiness().await;
+                text(if ready { 200 } else { 503 }, detail)
+            }
+            _ => text(404, "not found\n".into()),
+        }
+    }
+}
+
+impl Admin {
+    /// Ready when the config is loaded and the app accepts TCP connections. One line per check, so that
+    /// `kubectl describe` shows which one failed.
+    async fn readiness(&self) -> (bool, String) {
+        let live = self.shared.live();
+        let mut ready = true;
+        let mut detail = format!("config: ok ({})\n", live.config.path.display());
+        let addr = live.config.upstream.socket_addr;
+        let connect = tokio::time::timeout(
+            live.config
+                .upstream
+                .connect_timeout
+                .min(Duration::from_secs(2)),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await;
+        match connect {
+            Ok(Ok(_)) => detail.push_str(&format!("app: ok ({addr})\n")),
+            Ok(Err(e)) => {
+                ready = false;
+                detail.push_str(&format!(
+                    "app: not accepting connections at {addr}: {}\n",
+                    e.kind()
+                ));
+            }
+            Err(_) => {
+                ready = false;
+                detail.push_str(&format!("app: connect to {addr} timed out\n"));
+            }
+        }
+        (ready, detail)
+    }
+}
+
+fn text(status: u16, body: String) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "text/plain; charset=utf-8")
+        .header("Content-Length", body.len())
+        .body(body.into_bytes())
+        .expect("static response parts are valid")
+}

@@ -1,0 +1,123 @@
+//! `X-Pps-Hmac-Sha256`: lowercase hex of HMAC-SHA256(secret, raw body).
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::Failure;
+use crate::config::HmacConfig;
+
+/// Verifies `signature` (the header's value) over `body` with every secret still valid at `now`.
+///
+/// The comparison is constant-time (`verify_slice`); trying each secret in turn is what makes rotation
+/// work: the old and the new secret are both configured while Pitchpoint switches.
+pub fn verify(cfg: &HmacConfig, signature: &[u8], body: &[u8], now: i64) -> Result<(), Failure> {
+    let expected = decode_hex32(signature.trim_ascii()).ok_or(Failure::MalformedSignature)?;
+    let mut any_valid = false;
+    for secret in &cfg.secrets {
+        if secret.not_after.is_some_and(|t| now > t) {
+            continue;
+        }
+        any_valid = true;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&secret.key)
+            .expect("HMAC accepts keys of any length");
+        mac.update(body);
+        if mac.verify_slice(&expected).is_ok() {
+            return Ok(());
+        }
+    }
+    if any_valid {
+        Err(Failure::BadSignature)
+    } else {
+        Err(Failure::NoValidSecret)
+    }
+}
+
+/// Lowercase hex of HMAC-SHA256(`key`, `body`), as Pitchpoint sends it.
+pub fn sign(key: &[u8], body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
+    mac.update(body);
+    let tag = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(64);
+    for b in tag {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
+}
+
+fn decode_hex32(s: &[u8]) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn cfg(secrets: &[(&str, Option<i64>)]) -> HmacConfig {
+        HmacConfig {
+            header: "X-Pps-Hmac-Sha256".into(),
+            secrets: secrets
+                .iter()
+                .enumerate()
+                .map(|(i, (k, na))| Secret {
+                    name: format!("s{i}"),
+                    key: k.as_bytes().to_vec(),
+                    not_after: *na,
+                    file: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn rfc4231_test_case_2() {
+        assert_eq!(
+            sign(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn any_configured_secret_verifies_and_case_of_hex_does_not_matter() {
+        let c = cfg(&[("old", None), ("new", None)]);
+        let sig = sign(b"new", b"{}");
+        assert_eq!(verify(&c, sig.as_bytes(), b"{}", 0), Ok(()));
+        assert_eq!(verify(&c, sig.to_uppercase().as_bytes(), b"{}", 0), Ok(()));
+    }
+
+    #[test]
+    fn expired_secret_no_longer_verifies() {
+        let c = cfg(&[("old", Some(100)), ("new", None)]);
+        let sig = sign(b"old", b"{}");
+        assert_eq!(verify(&c, sig.as_bytes(), b"{}", 100), Ok(()));
+        assert_eq!(
+            verify(&c, sig.as_bytes(), b"{}", 101),
+            Err(Failure::BadSignature)
+        );
+    }
+
+    #[test]
+    fn malformed_signatures_are_named_as_such() {
+        let c = cfg(&[("k", None)]);
+        for bad in [&b""[..], b"zz", &[b'g'; 64], &[b'a'; 63], &[b'a'; 66]] {
+            assert_eq!(verify(&c, bad, b"{}", 0), Err(Failure::MalformedSignature));
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! The `X-Pps-*` headers: read and checked on the way in, rewritten canonically on the way to the app.
+
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::auth::Verified;
+use crate::timefmt;
+
+pub const TOPIC: &str = "X-Pps-Topic";
+pub const SUB_TOPIC: &str = "X-Pps-Sub-Topic";
+pub const TENANT_ID: &str = "X-Pps-Tenant-Id";
+pub const WEBHOOK_ID: &str = "X-Pps-Webhook-Id";
+pub const TRIGGERED_AT: &str = "X-Pps-Triggered-At";
+pub const TRIGGERED_AT_ORIGINAL: &str = "X-Pps-Triggered-At-Original";
+pub const VERIFIED: &str = "X-Pps-Verified";
+pub const JWT_SUBJECT: &str = "X-Pps-Jwt-Subject";
+pub const JWT_ISSUER: &str = "X-Pps-Jwt-Issuer";
+pub const DUPLICATE: &str = "X-Pps-Duplicate";
+pub const REQUEST_ID: &str = "X-Request-Id";
+pub const FORWARDED_FOR: &str = "X-Forwarded-For";
+pub const FORWARDED_PROTO: &str = "X-Forwarded-Proto";
+
+/// Headers only the sidecar may set: whatever arrives under these names is dropped before the app sees it.
+const TRUSTED: [&str; 5] = [
+    VERIFIED,
+    JWT_SUBJECT,
+    JWT_ISSUER,
+    TRIGGERED_AT_ORIGINAL,
+    DUPLICATE,
+];
+
+/// Connection-scoped headers that never cross a proxy (RFC 9110, 7.6.1), plus the framing the sidecar
+/// redoes itself once the body is buffered.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+];
+
+/// The identifying headers of one delivery, trimmed and checked.
+#[derive(Debug, Clone, Default)]
+pub struct Delivery {
+    pub topic: String,
+    pub sub_topic: Option<String>,
+    pub tenant: Option<String>,
+    pub webhook_id: String,
+    /// As sent (trimmed); `None` when absent or not text.
+    pub triggered_at: Option<String>,
+}
+
+impl Delivery {
+    /// The dedup key: tenant and webhook id. Ids are compared as canonicalised (UUIDs in lowercase).
+    pub fn dedup_key(&self) -> String {
+        let tenant = self.tenant.as_deref().unwrap_or("");
+        let mut key = String::with_capacity(tenant.len() + 1 + self.webhook_id.len());
+        key.push_str(tenant);
+        key.push('\n');
+        key.push_str(&self.webhook_id);
+        key
+    }
+}
+
+/// Reads the delivery's headers; `Err` is the 400 reason.
+pub fn read_delivery(req: &RequestHeader) -> Result<Delivery, String> {
+    let webhook_id = single(req, WEBHOOK_ID)?
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("missing {WEBHOOK_ID}"))?;
+    let topic = single(req, TOPIC)?
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("missing {TOPIC}"))?;
+    let sub_topic = single(req, SUB_TOPIC)?.filter(|v| !v.is_empty());
+    let tenant = single(req, TENANT_ID)?.filter(|v| !v.is_empty());
+    // Never a 400 for this one: an unusual value is forwarded as it came.
+    let triggered_at = single(req, TRIGGERED_AT).ok().flatten();
+    Ok(Delivery {
+        webhook_id: canonical_id(webhook_id),
+        topic,
+        sub_topic,
+        tenant,
+        triggered_at,
+    })
+}
+
+/// The one value of `name`, trimmed. The same value repeated counts once; different values are ambiguous.
+fn single(req: &RequestHeader, name: &str) -> Result<Option<String>, String> {
+    let mut found: Option<String> = None;
+    for value in req.headers.get_all(name) {
+        let v = std::str::from_utf8(value.as_bytes())
+            .map_err(|_| format!("{name} is not valid text"))?
+            .trim();
+        match &found {
+            Some(prev) if prev != v => {
+                return Err(format!("{name} sent twice with different values"));
+            }
+            Some(_) => {}
+            None => found = Some(v.to_string()),
+        }
+    }
+    Ok(found)
+}
+
+/// A UUID in lowercase; anything else unchanged.
+fn canonical_id(id: String) -> String {
+    let b = id.as_bytes();
+    let is_uuid = b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    if is_uuid { id.to_ascii_lowercase() } else { id }
+}
+
+/// What the sidecar adds to a delivery it forwards.
+pub struct Forwarding<'a> {
+    pub delivery: &'a Delivery,
+    /// `None` in shadow mode when verification failed: the app is told `none`.
+    pub verified: Option<&'a Verified>,
+    pub strip_credentials: Option<&'a str>,
+    pub client_ip: Option<String>,
+    pub request_id: &'a str,
+    pub body_len: usize,
+}
+
+/// Rewrites a delivery's request header for the app: canonical `X-Pps-*`, trust headers replaced,
+/// credentials removed, framing redone for the buffered body.
+pub fn upstream_request(original: &RequestHeader, f: &Forwarding<'_>) -> RequestHeader {
+    let mut req = original.clone();
+    req.set_version(http::Version::HTTP_11);
+    strip_hop_by_hop(&mut req);
+    for name in TRUSTED.iter().chain(&[
+        TOPIC,
+        SUB_TOPIC,
+        TENANT_ID,
+        WEBHOOK_ID,
+        TRIGGERED_AT,
+        "content-length",
+    ]) {
+        req.remove_header(*name);
+    }
+    if let Some(header) = f.strip_credentials {
+        req.remove_header(header);
+        req.remove_header("authorization");
+    }
+
+    let d = f.delivery;
+    let mut set = |name: &'static str, value: &str| {
+        // Values came from valid header values or are ASCII built here, so this cannot fail.
+        let _ = req.insert_header(name, value);
+    };
+    set(TOPIC, &d.topic);
+    if let Some(v) = &d.sub_topic {
+        set(SUB_TOPIC, v);
+    }
+    if let Some(v) = &d.tenant {
+        set(TENANT_ID, v);
+    }
+    set(WEBHOOK_ID, &d.webhook_id);
+    if let Some(raw) = &d.triggered_at {
+        match timefmt::parse_lenient(raw) {
+            Some(ts) => {
+                set(TRIGGERED_AT, &timefmt::format_rfc3339(&ts));
+                set(TRIGGERED_AT_ORIGINAL, raw);
+            }
+            None => set(TRIGGERED_AT, raw),
+        }
+    }
+    match f.verified {
+        Some(Verified::Jwt { subject, issuer }) => {
+            set(VERIFIED, "jwt");
+            set(JWT_SUBJECT, subject);
+            set(JWT_ISSUER, issuer);
+        }
+        Some(Verified::Hmac) => set(VERIFIED, "hmac"),
+        None => set(VERIFIED, "none"),
+    }
+    set(REQUEST_ID, f.request_id);
+    forwarded_headers(&mut req, f.client_ip.as_deref());
+    let _ = req.insert_header("Content-Length", f.body_len.to_string());
+    req
+}
+
+/// For unverified pass-through (`other_paths = "forward"`): the trust headers still never reach the app.
+pub fn sanitize_passthrough(req: &mut RequestHeader, client_ip: Option<&str>, request_id: &str) {
+    for name in TRUSTED {
+        req.remove_header(name);
+    }
+    if req.headers.get(REQUEST_ID).is_none() {
+        let _ = req.insert_header(REQUEST_ID, request_id);
+    }
+    forwarded_headers(req, client_ip);
+}
+
+fn forwarded_headers(req: &mut RequestHeader, client_ip: Option<&str>) {
+    if let Some(ip) = client_ip {
+        let xff = match req.headers.get(FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.trim().is_empty() => format!("{}, {ip}", prev.trim()),
+            _ => ip.to_string(),
+        };
+        let _ = req.insert_header(FORWARDED_FOR, xff);
+    }
+    // An ingress in front may have terminated TLS and said so; otherwise the sidecar saw plain http.
+    if req.headers.get(FORWARDED_PROTO).is_none() {
+        let _ = req.insert_header(FORWARDED_PROTO, "http");
+    }
+}
+
+/// The request id to use: the sender's, or a fresh one.
+pub fn request_id(req: &RequestHeader) -> String {
+    req.headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn strip_hop_by_hop(req: &mut RequestHeader) {
+    let listed: Vec<String> = req
+        .headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for name in listed.iter().map(String::as_str).chain(HOP_BY_HOP) {
+        req.remove_header(name);
+    }
+}
+
+/// The app's response header as relayed to the sender: connection-scoped headers dropped, framing kept.
+pub fn downstream_response(app: &ResponseHeader) -> ResponseHeader {
+    let mut resp = app.clone();
+    resp.set_version(http::Version::HTTP_11);
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        resp.remove_header(name);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/webhooks", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn uuid_ids_are_lowercased_others_kept() {
+        let d = read_delivery(&req(&[
+            ("x-pps-webhook-id", " 279E4E55-DFA0-4E04-B717-148AE547AB7D "),
+            ("x-pps-topic", "orders/placed"),
+        ]))
+        .unwrap();
+        assert_eq!(d.webhook_id, "279e4e55-dfa0-4e04-b717-148ae547ab7d");
+        let d = read_delivery(&req(&[
+            ("x-pps-webhook-id", "Order-ABC"),
+            ("x-pps-topic", "t"),
+        ]))
+        .unwrap();
+        assert_eq!(d.webhook_id, "Order-ABC");
+    }
+
+    #[test]
+    fn missing_or_ambiguous_required_headers_are_rejected() {
+        assert!(read_delivery(&req(&[("x-pps-topic", "t")])).is_err());
+        assert!(read_delivery(&req(&[("x-pps-webhook-id", "1"), ("x-pps-topic", " ")])).is_err());
+        let twice = req(&[
+            ("x-pps-webhook-id", "1"),
+            ("x-pps-webhook-id", "2"),
+            ("x-pps-topic", "t"),
+        ]);
+        assert!(
+            read_delivery(&twice)
+                .unwrap_err()
+                .contains("different values")
+        );
+        let same_twice = req(&[
+            ("x-pps-webhook-id", "1"),
+            ("X-PPS-WEBHOOK-ID", " 1"),
+            ("x-pps-topic", "t"),
+        ]);
+        assert!(read_delivery(&same_twice).is_ok());
+    }
+
+    #[test]
+    fn unusual_triggered_at_never_rejects() {
+        let d = read_delivery(&req(&[
+            ("x-pps-webhook-id", "1"),
+            ("x-pps-topic", "t"),
+            ("x-pps-triggered-at", "a"),
+            ("x-pps-triggered-at", "b"),
+        ]))
+        .unwrap();
+        assert_eq!(d.triggered_at, None);
+    }
+
+    #[test]
+    fn upstream_request_is_canonical_and_trust_headers_are_replaced() {
+        let original = req(&[
+            ("x-pps-webhook-id", "1"),
+            ("x-pps-topic", " orders/placed "),
+            ("x-pps-triggered-at", "2024-01-1T10:00:00.7777748Z"),
+            ("x-pps-verified", "jwt"),
+            ("x-pps-jwt-subject", "admin"),
+            ("X-Pps-Hmac-Sha256", "ab"),
+            ("authorization", "Bearer x"),
+            ("transfer-encoding", "chunked"),
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-custom", "kept"),
+        ]);
+        let d = read_delivery(&original).unwrap();
+        let out = upstream_request(
+            &original,
+            &Forwarding {
+                delivery: &d,
+                verified: Some(&Verified::Hmac),
+                strip_credentials: Some("X-Pps-Hmac-Sha256"),
+                client_ip: Some("127.0.0.1".into()),
+                request_id: "rid",
+                body_len: 42,
+            },
+        );
+        let get = |n: &str| out.headers.get(n).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(get("x-pps-topic").as_deref(), Some("orders/placed"));
+        assert_eq!(
+            get("x-pps-triggered-at").as_deref(),
+            Some("2024-01-01T10:00:00.7777748Z")
+        );
+        assert_eq!(
+            get("x-pps-triggered-at-original").as_deref(),
+            Some("2024-01-1T10:00:00.7777748Z")
+        );
+        assert_eq!(get("x-pps-verified").as_deref(), Some("hmac"));
+        assert_eq!(get("x-pps-jwt-subject"), None);
+        assert_eq!(get("x-pps-hmac-sha256"), None);
+        assert_eq!(get("authorization"), None);
+        assert_eq!(get("transfer-encoding"), None);
+        assert_eq!(get("x-secret-hop"), None);
+        assert_eq!(get("content-length").as_deref(), Some("42"));
+        assert_eq!(
+            get("x-forwarded-for").as_deref(),
+            Some("10.0.0.1, 127.0.0.1")
+        );
+        assert_eq!(get("x-custom").as_deref(), Some("kept"));
+        let mut wire = Vec::new();
+        out.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        assert!(wire.contains("X-Pps-Topic: orders/placed\r\n"), "{wire}");
+        assert!(wire.contains("X-Pps-Webhook-Id: 1\r\n"), "{wire}");
+    }
+}

@@ -1,0 +1,197 @@
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use pps_sidecar::auth::hmac;
+use pps_sidecar::config::{Config, Method};
+
+/// Verifies, deduplicates and normalises Pitchpoint webhooks in front of an app.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The TOML configuration file.
+    #[arg(long, short, env = "PPS_SIDECAR_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve deliveries (the default).
+    Run,
+    /// Validate the configuration and every secret it references.
+    Check,
+    /// Print the headers, or a curl command, of a correctly signed test delivery.
+    Sign(Box<SignArgs>),
+}
+
+#[derive(Args)]
+struct SignArgs {
+    /// File holding the body, or - for standard input.
+    #[arg(long, default_value = "-")]
+    body: String,
+    /// The HMAC secret, from this environment variable.
+    #[arg(long, group = "secret")]
+    secret_env: Option<String>,
+    /// The HMAC secret, from this file (trailing newline trimmed).
+    #[arg(long, group = "secret")]
+    secret_file: Option<PathBuf>,
+    /// The HMAC secret itself (visible to other users in the process list; prefer the others).
+    #[arg(long, group = "secret")]
+    secret_value: Option<String>,
+    #[arg(long, default_value = "orders/placed")]
+    topic: String,
+    #[arg(long)]
+    sub_topic: Option<String>,
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Defaults to a fresh UUID.
+    #[arg(long)]
+    webhook_id: Option<String>,
+    /// Print a ready curl command for this URL instead of the headers.
+    #[arg(long)]
+    url: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+                .init();
+            let config = match load(cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            pps_sidecar::server::run(config)
+        }
+        Command::Check => match load(cli.config) {
+            Ok(c) => {
+                println!("{}", summary(&c));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Sign(args) => match sign(*args) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    let Some(path) = path else {
+        eprintln!("error: no configuration: pass --config PATH or set PPS_SIDECAR_CONFIG");
+        return Err(ExitCode::from(2));
+    };
+    Config::load(&path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(1)
+    })
+}
+
+fn summary(c: &Config) -> String {
+    let methods: Vec<String> = c
+        .auth
+        .methods
+        .iter()
+        .map(|m| match m {
+            Method::Hmac => format!("hmac ({} secrets)", c.auth.hmac.secrets.len()),
+            Method::Jwt => format!("jwt ({} issuers)", c.auth.jwt.issuers.len()),
+        })
+        .collect();
+    format!(
+        "{}: ok: listen {}, admin {}, app {}, paths {}, auth {}{}, dedup {}",
+        c.path.display(),
+        c.server.listen,
+        c.server.admin_listen,
+        c.upstream.address,
+        c.webhooks.paths.join(" "),
+        methods.join(" + "),
+        if c.auth.enforce { "" } else { " (shadow mode)" },
+        if c.dedup.enabled {
+            format!("memory, ttl {}s", c.dedup.ttl.as_secs())
+        } else {
+            "off".into()
+        },
+    )
+}
+
+fn sign(a: SignArgs) -> Result<String, String> {
+    let secret = if let Some(var) = &a.secret_env {
+        std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
+    } else if let Some(path) = &a.secret_file {
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_string()
+    } else if let Some(v) = &a.secret_value {
+        v.clone()
+    } else {
+        return Err("a secret is needed: --secret-env, --secret-file or --secret-value".into());
+    };
+    let body = if a.body == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+        buf
+    } else {
+        std::fs::read(&a.body).map_err(|e| format!("cannot read {}: {}", a.body, e.kind()))?
+    };
+    let webhook_id = a
+        .webhook_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut headers = vec![
+        ("Content-Type", "application/json".to_string()),
+        ("X-Pps-Topic", a.topic),
+    ];
+    if let Some(v) = a.sub_topic {
+        headers.push(("X-Pps-Sub-Topic", v));
+    }
+    if let Some(v) = a.tenant {
+        headers.push(("X-Pps-Tenant-Id", v));
+    }
+    headers.push(("X-Pps-Webhook-Id", webhook_id));
+    headers.push(("X-Pps-Triggered-At", now_rfc3339()));
+    headers.push(("X-Pps-Hmac-Sha256", hmac::sign(secret.as_bytes(), &body)));
+
+    let Some(url) = a.url else {
+        return Ok(headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect());
+    };
+    let mut cmd = format!("curl -sS -i -X POST {}", shell_quote(&url));
+    for (k, v) in &headers {
+        cmd.push_str(&format!(" -H {}", shell_quote(&format!("{k}: {v}"))));
+    }
+    if a.body == "-" {
+        let text = String::from_utf8(body).map_err(
+            |_| "a binary body from standard input cannot go in a command line; use --body FILE",
+        )?;
+        cmd.push_str(&format!(" --data-binary {}", shell_quote(&text)));
+    } else {
+        cmd.push_str(&format!(" --data-binary @{}", shell_quote(&a.body)));
+    }
+    cmd.push('\n');
+    Ok(cmd)
+}
+
+fn now_rfc3339() -> String {
+    use pps_sidecar::timefmt::{Timestamp, format_rfc3339, unix_now};
+    format_rfc3339(&Timestamp {
+        unix: unix_now(),
+        frac: String::new(),
+    })
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}

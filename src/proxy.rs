@@ -1,0 +1,421 @@
+//! The delivery path: every request on the webhook port goes through `Sidecar::request_filter`.
+//!
+//! In order (SPEC "Handling one request"): 405, 413, authentication (403), header rules (400), filters
+//! (403), deduplication, forward to the app and relay its answer.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+
+use crate::auth;
+use crate::config::{Config, OtherPaths};
+use crate::dedup::{Claim, Dedup};
+use crate::forward::{App, AppFailure};
+use crate::headers::{self, Delivery, Forwarding};
+
+/// How a request ended, for the access log and `pps_sidecar_requests_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Forwarded,
+    Duplicate,
+    Unauthorized,
+    BadRequest,
+    TooLarge,
+    MethodNotAllowed,
+    Filtered,
+    NotFound,
+    UpstreamError,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 9] = [
+        Outcome::Forwarded,
+        Outcome::Duplicate,
+        Outcome::Unauthorized,
+        Outcome::BadRequest,
+        Outcome::TooLarge,
+        Outcome::MethodNotAllowed,
+        Outcome::Filtered,
+        Outcome::NotFound,
+        Outcome::UpstreamError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Unauthorized => "unauthorized",
+            Outcome::BadRequest => "bad_request",
+            Outcome::TooLarge => "too_large",
+            Outcome::MethodNotAllowed => "method_not_allowed",
+            Outcome::Filtered => "filtered",
+            Outcome::NotFound => "not_found",
+            Outcome::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+/// The configuration in force and what was built from it. Replaced whole on reload.
+pub struct Live {
+    pub config: Config,
+    pub app: App,
+}
+
+/// State shared by the proxy and admin services.
+pub struct Shared {
+    live: RwLock<Arc<Live>>,
+    pub dedup: Dedup,
+}
+
+impl Shared {
+    pub fn new(config: Config, dedup: Dedup) -> Self {
+        let app = App::new(&config.upstream);
+        Self {
+            live: RwLock::new(Arc::new(Live { config, app })),
+            dedup,
+        }
+    }
+
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+pub struct Sidecar {
+    pub shared: Arc<Shared>,
+}
+
+/// Per-request state, for the access log.
+pub struct Ctx {
+    started: Instant,
+    live: Option<Arc<Live>>,
+    outcome: Option<Outcome>,
+    status: u16,
+    delivery: Option<Delivery>,
+    app_time: Option<Duration>,
+    request_id: String,
+    /// Why authentication failed, when it did.
+    auth_failure: Option<&'static str>,
+}
+
+#[async_trait]
+impl ProxyHttp for Sidecar {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            live: None,
+            outcome: None,
+            status: 0,
+            delivery: None,
+            app_time: None,
+            request_id: String::new(),
+            auth_failure: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let live = self.shared.live();
+        ctx.live = Some(live.clone());
+        ctx.request_id = headers::request_id(session.req_header());
+        let webhooks = &live.config.webhooks;
+        if !webhooks.is_webhook_path(session.req_header().uri.path()) {
+            return match webhooks.other_paths {
+                OtherPaths::Reject => {
+                    reply(
+                        session,
+                        ctx,
+                        Reply::new(404, Outcome::NotFound, "not found\n"),
+                    )
+                    .await?;
+                    Ok(true)
+                }
+                OtherPaths::Forward => {
+                    ctx.outcome = Some(Outcome::Forwarded);
+                    Ok(false)
+                }
+            };
+        }
+        self.deliver(session, ctx, &live).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let live = ctx.live.clone().unwrap_or_else(|| self.shared.live());
+        Ok(Box::new(live.app.peer().clone()))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let ip = client_ip(session);
+        headers::sanitize_passthrough(upstream, ip.as_deref(), &ctx.request_id);
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.status == 0 {
+            ctx.status = session
+                .response_written()
+                .map(|r| r.status.as_u16())
+                .unwrap_or(0);
+        }
+        if e.is_some() && ctx.outcome == Some(Outcome::Forwarded) && ctx.status >= 502 {
+            ctx.outcome = Some(Outcome::UpstreamError);
+        }
+        access_log(session, ctx);
+    }
+}
+
+/// A response the sidecar writes itself.
+struct Reply {
+    status: u16,
+    outcome: Outcome,
+    body: &'static str,
+    extra: Vec<(&'static str, String)>,
+    close: bool,
+}
+
+impl Reply {
+    fn new(status: u16, outcome: Outcome, body: &'static str) -> Self {
+        Self {
+            status,
+            outcome,
+            body,
+            extra: Vec::new(),
+            close: false,
+        }
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.extra.push((name, value.into()));
+        self
+    }
+
+    /// Close the connection after answering: the request body was left unread.
+    fn close(mut self) -> Self {
+        self.close = true;
+        self
+    }
+}
+
+/// Writes the response directly, keeping the connection alive when it can (`respond_error` would not).
+async fn reply(session: &mut Session, ctx: &mut Ctx, r: Reply) -> Result<()> {
+    ctx.status = r.status;
+    ctx.outcome = Some(r.outcome);
+    let mut resp = ResponseHeader::build(r.status, Some(4 + r.extra.len()))?;
+    resp.insert_header("Content-Type", "text/plain; charset=utf-8")?;
+    resp.insert_header("Content-Length", r.body.len().to_string())?;
+    for (name, value) in r.extra {
+        resp.insert_header(name, value)?;
+    }
+    if r.close {
+        resp.insert_header("Connection", "close")?;
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(r.body.as_bytes())), true)
+        .await
+}
+
+enum BodyError {
+    TooLarge,
+    Io(Box<Error>),
+}
+
+/// Reads the whole request body, refusing to hold more than `max` bytes.
+async fn read_body(session: &mut Session, max: usize, hint: usize) -> Result<Bytes, BodyError> {
+    let mut buf = BytesMut::with_capacity(hint.min(max));
+    while let Some(chunk) = session.read_request_body().await.map_err(BodyError::Io)? {
+        if buf.len() + chunk.len() > max {
+            return Err(BodyError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+impl Sidecar {
+    async fn deliver(&self, session: &mut Session, ctx: &mut Ctx, live: &Live) -> Result<()> {
+        let cfg = &live.config;
+        let req = session.req_header();
+
+        if req.method != http::Method::POST {
+            let r = Reply::new(405, Outcome::MethodNotAllowed, "method not allowed\n")
+                .header("Allow", "POST");
+            return reply(session, ctx, r).await;
+        }
+
+        let max = cfg.webhooks.max_body_bytes;
+        let declared = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max as u64) {
+            let r = Reply::new(413, Outcome::TooLarge, "payload too large\n").close();
+            return reply(session, ctx, r).await;
+        }
+        let expects_continue = req
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            session.write_continue_response().await?;
+        }
+
+        let body = match read_body(session, max, declared.unwrap_or(0) as usize).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                let r = Reply::new(413, Outcome::TooLarge, "payload too large\n").close();
+                return reply(session, ctx, r).await;
+            }
+            Err(BodyError::Io(e)) => return Err(e),
+        };
+
+        let verified = match auth::authenticate(&cfg.auth, session.req_header(), &body).await {
+            Ok(v) => Some(v),
+            Err(failure) => {
+                ctx.auth_failure = Some(failure.reason());
+                if cfg.auth.enforce {
+                    let r = Reply::new(403, Outcome::Unauthorized, "forbidden\n");
+                    return reply(session, ctx, r).await;
+                }
+                None
+            }
+        };
+
+        let delivery = match headers::read_delivery(session.req_header()) {
+            Ok(d) => d,
+            Err(reason) => {
+                log::info!("bad request: {reason}");
+                let r = Reply::new(400, Outcome::BadRequest, "bad request\n");
+                return reply(session, ctx, r).await;
+            }
+        };
+        let allowed = allowed(&cfg.filters.tenants, delivery.tenant.as_deref())
+            && allowed(&cfg.filters.topics, Some(&delivery.topic))
+            && allowed(&cfg.filters.sub_topics, delivery.sub_topic.as_deref());
+        ctx.delivery = Some(delivery);
+        if !allowed {
+            let r = Reply::new(403, Outcome::Filtered, "forbidden\n");
+            return reply(session, ctx, r).await;
+        }
+        let delivery = ctx.delivery.as_ref().expect("set above");
+
+        let claim = if cfg.dedup.enabled {
+            match self.shared.dedup.claim(delivery.dedup_key()).await {
+                Claim::Acquired(guard) => Some(guard),
+                Claim::Duplicate(status) => {
+                    let r = Reply::new(status, Outcome::Duplicate, "duplicate\n")
+                        .header(headers::DUPLICATE, "true");
+                    return reply(session, ctx, r).await;
+                }
+                Claim::Busy => {
+                    let r = Reply::new(503, Outcome::Duplicate, "same delivery in progress\n")
+                        .header("Retry-After", "5");
+                    return reply(session, ctx, r).await;
+                }
+            }
+        } else {
+            None
+        };
+
+        let upstream_req = headers::upstream_request(
+            session.req_header(),
+            &Forwarding {
+                delivery,
+                verified: verified.as_ref(),
+                strip_credentials: (!cfg.auth.forward_credentials)
+                    .then_some(cfg.auth.hmac.header.as_str()),
+                client_ip: client_ip(session),
+                request_id: &ctx.request_id,
+                body_len: body.len(),
+            },
+        );
+        let sent_at = Instant::now();
+        let result = live.app.send(&upstream_req, &body).await;
+        ctx.app_time = Some(sent_at.elapsed());
+        let mut exchange = match result {
+            Ok(exchange) => exchange,
+            Err(failure) => {
+                if let Some(guard) = claim {
+                    guard.settle(failure.status()).await;
+                }
+                let body = match failure {
+                    AppFailure::Unreachable => "bad gateway\n",
+                    AppFailure::Timeout => "gateway timeout\n",
+                };
+                let r = Reply::new(failure.status(), Outcome::UpstreamError, body);
+                return reply(session, ctx, r).await;
+            }
+        };
+
+        ctx.status = exchange.status();
+        ctx.outcome = Some(Outcome::Forwarded);
+        if let Some(guard) = claim {
+            guard.settle(ctx.status).await;
+        }
+        let resp = headers::downstream_response(exchange.header());
+        session.write_response_header(Box::new(resp), false).await?;
+        loop {
+            match exchange.body_chunk().await {
+                Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
+                Ok(None) => break,
+                Err(e) => {
+                    // The status is already on its way: cut the connection so the sender sees a
+                    // truncated response rather than a complete wrong one.
+                    log::warn!("app response body failed: {}", e.etype().as_str());
+                    return Err(e);
+                }
+            }
+        }
+        session.write_response_body(None, true).await?;
+        live.app.finish(exchange).await;
+        Ok(())
+    }
+}
+
+fn allowed(list: &[String], value: Option<&str>) -> bool {
+    list.is_empty() || value.is_some_and(|v| list.iter().any(|a| a == v))
+}
+
+fn client_ip(session: &Session) -> Option<String> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string())
+}
+
+/// One line per request. Ids and names only: never a secret, token, signature or body.
+fn access_log(session: &Session, ctx: &Ctx) {
+    let req = session.req_header();
+    let d = ctx.delivery.as_ref();
+    let dash = |v: Option<&str>| v.filter(|s| !s.is_empty()).unwrap_or("-").to_string();
+    log::info!(
+        target: "access",
+        "method={} path={} status={} outcome={} tenant={} topic={} webhook_id={} app_ms={} total_ms={:.1} auth_failure={} request_id={}",
+        req.method,
+        req.uri.path(),
+        ctx.status,
+        ctx.outcome.map_or("-", Outcome::as_str),
+        dash(d.and_then(|d| d.tenant.as_deref())),
+        dash(d.map(|d| d.topic.as_str())),
+        dash(d.map(|d| d.webhook_id.as_str())),
+        ctx.app_time
+            .map_or("-".to_string(), |t| format!("{:.1}", t.as_secs_f64() * 1000.0)),
+        ctx.started.elapsed().as_secs_f64() * 1000.0,
+        ctx.auth_failure.unwrap_or("-"),
+        ctx.request_id,
+    );
+}

@@ -1,0 +1,59 @@
+//! Wiring: the Pingora server with the proxy service and the admin service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::server::Server;
+use pingora::server::configuration::ServerConf;
+use pingora::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::dedup::Dedup;
+use crate::dedup::memory::MemoryStore;
+use crate::proxy::{Shared, Sidecar};
+
+/// Runs until SIGTERM/SIGINT; never returns.
+pub fn run(config: Config) -> ! {
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    // A claim whose owner vanished must not outlive the longest possible exchange with the app.
+    let in_flight_ttl = config.upstream.connect_timeout
+        + config.upstream.read_timeout * 2
+        + Duration::from_secs(10);
+    let store = MemoryStore::new(config.dedup.max_entries, config.dedup.ttl, in_flight_ttl);
+    let dedup = Dedup::new(Arc::new(store), config.dedup.in_flight_wait);
+
+    let listen = config.server.listen.to_string();
+    let admin_listen = config.server.admin_listen.to_string();
+    log::info!(
+        "pps-sidecar {} listening on {listen} (admin {admin_listen}), app at {}",
+        env!("CARGO_PKG_VERSION"),
+        config.upstream.address
+    );
+    let shared = Arc::new(Shared::new(config, dedup));
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Sidecar {
+            shared: shared.clone(),
+        },
+        "webhooks",
+    );
+    proxy.add_tcp(&listen);
+
+    let mut admin = Service::new("admin".to_string(), Admin { shared });
+    admin.add_tcp(&admin_listen);
+    admin.threads = Some(1);
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.run_forever()
+}
