@@ -48,6 +48,7 @@ pub struct App {
     connector: Connector,
     peer: HttpPeer,
     keepalive: Duration,
+    read_timeout: Duration,
 }
 
 /// An exchange whose response header has arrived; the body is still to be read.
@@ -61,6 +62,7 @@ impl App {
             connector: Connector::new(None),
             peer: peer(cfg),
             keepalive: cfg.keepalive_timeout,
+            read_timeout: cfg.read_timeout,
         }
     }
 
@@ -85,6 +87,10 @@ impl App {
                         log::warn!("app unreachable at {}: {}", self.peer, e.etype().as_str());
                         AppFailure::of(&e)
                     })?;
+            // The connector does not carry the peer's timeouts over to the session; each read and
+            // write is bounded here.
+            session.read_timeout = Some(self.read_timeout);
+            session.write_timeout = Some(self.read_timeout);
             match exchange(&mut session, req, body).await {
                 Ok(()) => return Ok(Exchange { session }),
                 Err(e) if reused && attempt < 3 && stale(&e) => {

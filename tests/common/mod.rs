@@ -76,7 +76,11 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn start() -> TestApp {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> TestApp {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(AppState {
             requests: Mutex::new(Vec::new()),

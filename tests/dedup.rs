@@ -1,0 +1,189 @@
+//! Deduplication and app failures: the sender never gets a 2xx for an event the app did not acknowledge.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_after_success_is_answered_from_cache_without_the_app() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    app.set(Behaviour::Answer(202));
+    let d = Delivery::json();
+    let first = sidecar.send(&d).await;
+    assert_eq!(first.status, 202);
+    assert_eq!(first.get("x-pps-duplicate"), None);
+
+    let again = sidecar.send(&d).await;
+    assert_eq!(again.status, 202, "the remembered 2xx status");
+    assert_eq!(again.get("x-pps-duplicate"), Some("true"));
+
+    let upper = d
+        .clone()
+        .set("X-Pps-Webhook-Id", Some(&d.id().to_uppercase()));
+    let r = sidecar.send(&upper).await;
+    assert_eq!(
+        r.get("x-pps-duplicate"),
+        Some("true"),
+        "UUIDs compare case-insensitively"
+    );
+    assert_eq!(app.count(), 1, "the app saw the event once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_webhook_id_from_another_tenant_is_a_different_event() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let d = Delivery::json();
+    assert_eq!(sidecar.send(&d).await.status, 200);
+    let other = d.clone().set("X-Pps-Tenant-Id", Some("OU7777"));
+    let r = sidecar.send(&other).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.get("x-pps-duplicate"), None);
+    assert_eq!(app.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_errors_are_relayed_and_never_cached_so_the_retry_goes_through() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    for status in [500u16, 503, 422, 404, 302] {
+        let d = Delivery::json();
+        app.set(Behaviour::Answer(status));
+        let r = sidecar.send(&d).await;
+        assert_eq!(r.status, status, "the app's own status is relayed");
+        assert_eq!(r.text(), format!("app says {status}\n"));
+
+        app.set(Behaviour::Answer(200));
+        let before = app.count();
+        let retry = sidecar.send(&d).await;
+        assert_eq!(retry.status, 200, "after {status}");
+        assert_eq!(retry.get("x-pps-duplicate"), None, "after {status}");
+        assert_eq!(
+            app.count(),
+            before + 1,
+            "the retry after {status} reached the app"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_timeout_is_504_and_the_retry_goes_through() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let d = Delivery::json();
+    app.set(Behaviour::Hang);
+    let r = sidecar.send(&d).await;
+    assert_eq!(r.status, 504, "no answer within read_timeout_ms");
+
+    app.set(Behaviour::Answer(200));
+    let retry = sidecar.send(&d).await;
+    assert_eq!(retry.status, 200);
+    assert_eq!(retry.get("x-pps-duplicate"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_closing_without_answer_is_502_and_the_retry_goes_through() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let d = Delivery::json();
+    app.set(Behaviour::Close);
+    assert_eq!(sidecar.send(&d).await.status, 502);
+    app.set(Behaviour::Answer(200));
+    let retry = sidecar.send(&d).await;
+    assert_eq!(retry.status, 200);
+    assert_eq!(retry.get("x-pps-duplicate"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_down_is_502_not_ready_and_the_retry_goes_through_once_it_is_up() {
+    let port = free_port();
+    let app_addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let sidecar = Sidecar::start_with(app_addr, "", &[]).await;
+    let d = Delivery::json();
+    assert_eq!(sidecar.send(&d).await.status, 502, "connection refused");
+    let ready = sidecar.admin_get("/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.text().contains("app: not accepting connections"),
+        "{}",
+        ready.text()
+    );
+
+    let app = TestApp::start_on(app_addr).await;
+    assert_eq!(sidecar.admin_get("/readyz").await.status, 200);
+    let retry = sidecar.send(&d).await;
+    assert_eq!(retry.status, 200);
+    assert_eq!(retry.get("x-pps-duplicate"), None);
+    assert_eq!(app.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_copies_reach_the_app_exactly_once_and_share_its_2xx() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    app.set(Behaviour::Hold(200));
+    let d = Delivery::json();
+    let mut conns = Vec::new();
+    for _ in 0..12 {
+        let mut c = Conn::open(sidecar.addr).await;
+        c.write(&d.bytes()).await;
+        conns.push(c);
+    }
+    app.wait_for(1).await;
+    app.release();
+    let mut statuses = Vec::new();
+    for mut c in conns {
+        let r = c.read().await.expect("every copy is answered");
+        statuses.push((r.status, r.get("x-pps-duplicate").is_some()));
+    }
+    assert_eq!(app.count(), 1, "exactly one copy reached the app");
+    assert!(statuses.iter().all(|(s, _)| *s == 200), "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|(_, dup)| !*dup).count(),
+        1,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_copies_never_get_a_2xx_when_the_app_fails() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    app.set(Behaviour::Hold(500));
+    let d = Delivery::json();
+    let mut conns = Vec::new();
+    for _ in 0..12 {
+        let mut c = Conn::open(sidecar.addr).await;
+        c.write(&d.bytes()).await;
+        conns.push(c);
+    }
+    app.wait_for(1).await;
+    app.release();
+    for mut c in conns {
+        let r = c.read().await.expect("every copy is answered");
+        assert!(
+            r.status >= 500,
+            "a copy got {} for an event the app failed",
+            r.status
+        );
+        if r.status == 503 && r.get("x-app").is_none() {
+            assert!(
+                r.get("retry-after").is_some(),
+                "503 while in flight says when to retry"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_disabled_forwards_every_copy() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "[dedup]\nenabled = false\n").await;
+    let d = Delivery::json();
+    assert_eq!(sidecar.send(&d).await.status, 200);
+    let r = sidecar.send(&d).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.get("x-pps-duplicate"), None);
+    assert_eq!(app.count(), 2);
+}
