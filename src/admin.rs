@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz`, `/readyz`. Never the webhook path, never on the webhook port.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`. Never the webhook path, never on the webhook port.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::metrics::METRICS;
 use crate::proxy::Shared;
 
 pub struct Admin {
@@ -23,6 +24,14 @@ impl ServeHttp for Admin {
             "/readyz" => {
                 let (ready, detail) = self.readiness().await;
                 text(if ready { 200 } else { 503 }, detail)
+            }
+            "/metrics" => {
+                let mut r = text(200, METRICS.render(self.shared.dedup.entries()));
+                r.headers_mut().insert(
+                    "Content-Type",
+                    http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
             }
             _ => text(404, "not found\n".into()),
         }

@@ -49,9 +49,19 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub threads: usize,
+    /// On SIGTERM, deliveries in flight get this long to finish. Below Kubernetes' default 30 s
+    /// `terminationGracePeriodSeconds`, so the pod is never killed mid-delivery.
+    pub shutdown_grace: Duration,
+    pub access_log: AccessLog,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// As written, for logs and for the `Host`-less peer.
     pub address: String,
@@ -191,6 +201,8 @@ struct RawServer {
     listen: String,
     admin_listen: String,
     threads: usize,
+    shutdown_grace_seconds: u64,
+    access_log: String,
 }
 
 impl Default for RawServer {
@@ -199,6 +211,8 @@ impl Default for RawServer {
             listen: "0.0.0.0:8080".into(),
             admin_listen: "0.0.0.0:9090".into(),
             threads: 2,
+            shutdown_grace_seconds: 25,
+            access_log: "text".into(),
         }
     }
 }
@@ -447,10 +461,20 @@ impl Validator<'_> {
         if !(1..=64).contains(&raw.threads) {
             return Err(self.err("server.threads", "must be between 1 and 64"));
         }
+        if raw.shutdown_grace_seconds > 3_600 {
+            return Err(self.err("server.shutdown_grace_seconds", "must be at most 3600"));
+        }
+        let access_log = match raw.access_log.as_str() {
+            "text" => AccessLog::Text,
+            "json" => AccessLog::Json,
+            _ => return Err(self.err("server.access_log", "must be \"text\" or \"json\"")),
+        };
         Ok(ServerConfig {
             listen,
             admin_listen,
             threads: raw.threads,
+            shutdown_grace: Duration::from_secs(raw.shutdown_grace_seconds),
+            access_log,
         })
     }
 

@@ -10,6 +10,8 @@ pub mod config;
 pub mod dedup;
 pub mod forward;
 pub mod headers;
+pub mod lifecycle;
+pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod timefmt;

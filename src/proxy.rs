@@ -13,10 +13,11 @@ use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 
 use crate::auth;
-use crate::config::{Config, OtherPaths};
+use crate::config::{AccessLog, Config, OtherPaths};
 use crate::dedup::{Claim, Dedup};
 use crate::forward::{App, AppFailure};
 use crate::headers::{self, Delivery, Forwarding};
+use crate::metrics::{InFlight, METRICS};
 
 /// How a request ended, for the access log and `pps_sidecar_requests_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,10 +64,10 @@ impl Outcome {
 /// The configuration in force and what was built from it. Replaced whole on reload.
 pub struct Live {
     pub config: Config,
-    pub app: App,
+    pub app: Arc<App>,
 }
 
-/// State shared by the proxy and admin services.
+/// State shared by the proxy, admin and lifecycle services.
 pub struct Shared {
     live: RwLock<Arc<Live>>,
     pub dedup: Dedup,
@@ -74,7 +75,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config, dedup: Dedup) -> Self {
-        let app = App::new(&config.upstream);
+        let app = Arc::new(App::new(&config.upstream));
         Self {
             live: RwLock::new(Arc::new(Live { config, app })),
             dedup,
@@ -83,6 +84,18 @@ impl Shared {
 
     pub fn live(&self) -> Arc<Live> {
         self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `config` in force for the requests that start from now on. The pool of connections to the
+    /// app is kept when the app's address and timeouts did not change.
+    pub fn replace(&self, config: Config) {
+        let old = self.live();
+        let app = if old.config.upstream == config.upstream {
+            old.app.clone()
+        } else {
+            Arc::new(App::new(&config.upstream))
+        };
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Live { config, app });
     }
 }
 
@@ -101,6 +114,7 @@ pub struct Ctx {
     request_id: String,
     /// Why authentication failed, when it did.
     auth_failure: Option<&'static str>,
+    _in_flight: InFlight,
 }
 
 #[async_trait]
@@ -117,6 +131,7 @@ impl ProxyHttp for Sidecar {
             app_time: None,
             request_id: String::new(),
             auth_failure: None,
+            _in_flight: METRICS.in_flight(),
         }
     }
 
@@ -169,8 +184,11 @@ impl ProxyHttp for Sidecar {
                 .map(|r| r.status.as_u16())
                 .unwrap_or(0);
         }
-        if e.is_some() && ctx.outcome == Some(Outcome::Forwarded) && ctx.status >= 502 {
+        if ctx.outcome == Some(Outcome::Forwarded) && (ctx.status >= 500 || e.is_some()) {
             ctx.outcome = Some(Outcome::UpstreamError);
+        }
+        if let Some(outcome) = ctx.outcome {
+            METRICS.request(outcome);
         }
         access_log(session, ctx);
     }
@@ -287,6 +305,7 @@ impl Sidecar {
             Ok(v) => Some(v),
             Err(failure) => {
                 ctx.auth_failure = Some(failure.reason());
+                METRICS.auth_failure(failure);
                 if cfg.auth.enforce {
                     let r = Reply::new(403, Outcome::Unauthorized, "forbidden\n");
                     return reply(session, ctx, r).await;
@@ -345,10 +364,12 @@ impl Sidecar {
         );
         let sent_at = Instant::now();
         let result = live.app.send(&upstream_req, &body).await;
-        ctx.app_time = Some(sent_at.elapsed());
+        let elapsed = sent_at.elapsed();
+        ctx.app_time = Some(elapsed);
         let mut exchange = match result {
             Ok(exchange) => exchange,
             Err(failure) => {
+                METRICS.observe_upstream(elapsed);
                 if let Some(guard) = claim {
                     guard.settle(failure.status()).await;
                 }
@@ -362,7 +383,13 @@ impl Sidecar {
         };
 
         ctx.status = exchange.status();
-        ctx.outcome = Some(Outcome::Forwarded);
+        METRICS.app_response(ctx.status, elapsed);
+        // An app 5xx makes Pitchpoint retry, as a 502 or 504 would: both count as upstream errors.
+        ctx.outcome = Some(if ctx.status >= 500 {
+            Outcome::UpstreamError
+        } else {
+            Outcome::Forwarded
+        });
         if let Some(guard) = claim {
             guard.settle(ctx.status).await;
         }
@@ -401,21 +428,50 @@ fn client_ip(session: &Session) -> Option<String> {
 fn access_log(session: &Session, ctx: &Ctx) {
     let req = session.req_header();
     let d = ctx.delivery.as_ref();
-    let dash = |v: Option<&str>| v.filter(|s| !s.is_empty()).unwrap_or("-").to_string();
-    log::info!(
-        target: "access",
-        "method={} path={} status={} outcome={} tenant={} topic={} webhook_id={} app_ms={} total_ms={:.1} auth_failure={} request_id={}",
-        req.method,
-        req.uri.path(),
-        ctx.status,
-        ctx.outcome.map_or("-", Outcome::as_str),
-        dash(d.and_then(|d| d.tenant.as_deref())),
-        dash(d.map(|d| d.topic.as_str())),
-        dash(d.map(|d| d.webhook_id.as_str())),
-        ctx.app_time
-            .map_or("-".to_string(), |t| format!("{:.1}", t.as_secs_f64() * 1000.0)),
-        ctx.started.elapsed().as_secs_f64() * 1000.0,
-        ctx.auth_failure.unwrap_or("-"),
-        ctx.request_id,
-    );
+    let format = ctx
+        .live
+        .as_ref()
+        .map_or(AccessLog::Text, |l| l.config.server.access_log);
+    let app_ms = ctx.app_time.map(|t| t.as_secs_f64() * 1000.0);
+    let total_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
+    let outcome = ctx.outcome.map_or("-", Outcome::as_str);
+    let tenant = d.and_then(|d| d.tenant.as_deref());
+    let topic = d.map(|d| d.topic.as_str());
+    let webhook_id = d.map(|d| d.webhook_id.as_str());
+    match format {
+        AccessLog::Json => {
+            let line = serde_json::json!({
+                "method": req.method.as_str(),
+                "path": req.uri.path(),
+                "status": ctx.status,
+                "outcome": outcome,
+                "tenant": tenant,
+                "topic": topic,
+                "webhook_id": webhook_id,
+                "app_ms": app_ms.map(|v| (v * 10.0).round() / 10.0),
+                "total_ms": (total_ms * 10.0).round() / 10.0,
+                "auth_failure": ctx.auth_failure,
+                "request_id": ctx.request_id,
+            });
+            log::info!(target: "access", "{line}");
+        }
+        AccessLog::Text => {
+            let dash = |v: Option<&str>| v.filter(|s| !s.is_empty()).unwrap_or("-").to_string();
+            log::info!(
+                target: "access",
+                "method={} path={} status={} outcome={} tenant={} topic={} webhook_id={} app_ms={} total_ms={:.1} auth_failure={} request_id={}",
+                req.method,
+                req.uri.path(),
+                ctx.status,
+                outcome,
+                dash(tenant),
+                dash(topic),
+                dash(webhook_id),
+                app_ms.map_or("-".to_string(), |t| format!("{t:.1}")),
+                total_ms,
+                ctx.auth_failure.unwrap_or("-"),
+                ctx.request_id,
+            );
+        }
+    }
 }

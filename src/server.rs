@@ -11,14 +11,17 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::dedup::Dedup;
 use crate::dedup::memory::MemoryStore;
+use crate::lifecycle::{self, Reloader};
 use crate::proxy::{Shared, Sidecar};
 
 /// Runs until SIGTERM/SIGINT; never returns.
 pub fn run(config: Config) -> ! {
     let conf = ServerConf {
         threads: config.server.threads,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(5),
+        // SIGTERM: Pingora stops accepting, then waits this long; `exit_when_drained` ends the wait as
+        // soon as nothing is in flight. Pingora's default (300 s) is far beyond a pod's grace period.
+        grace_period_seconds: Some(config.server.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -49,11 +52,25 @@ pub fn run(config: Config) -> ! {
     );
     proxy.add_tcp(&listen);
 
-    let mut admin = Service::new("admin".to_string(), Admin { shared });
+    let mut admin = Service::new(
+        "admin".to_string(),
+        Admin {
+            shared: shared.clone(),
+        },
+    );
     admin.add_tcp(&admin_listen);
     admin.threads = Some(1);
 
+    let reloader = pingora::services::background::background_service(
+        "reload",
+        Reloader {
+            shared: shared.clone(),
+        },
+    );
+
     server.add_service(proxy);
     server.add_service(admin);
+    server.add_service(reloader);
+    lifecycle::exit_when_drained(server.watch_execution_phase());
     server.run_forever()
 }

@@ -33,6 +33,14 @@ pub enum Failure {
 }
 
 impl Failure {
+    pub const ALL: [Failure; 5] = [
+        Failure::MissingCredentials,
+        Failure::AmbiguousCredentials,
+        Failure::MalformedSignature,
+        Failure::BadSignature,
+        Failure::NoValidSecret,
+    ];
+
     pub fn reason(self) -> &'static str {
         match self {
             Failure::MissingCredentials => "missing_credentials",

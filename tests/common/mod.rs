@@ -471,15 +471,12 @@ impl Sidecar {
         let dir = tempfile::tempdir().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut toml = format!(
-            "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\nthreads = 2\n\n[upstream]\naddress = \"{app}\"\nread_timeout_ms = 2000\n\n"
+        let base = format!(
+            "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\nthreads = 2\n\n[upstream]\naddress = \"{app}\"\nread_timeout_ms = 2000\n\n[auth.hmac]\nsecrets = [{{ value = \"{SECRET}\" }}]\n"
         );
-        if !extra.contains("[auth.hmac]") {
-            toml.push_str(&format!(
-                "[auth.hmac]\nsecrets = [{{ value = \"{SECRET}\" }}]\n\n"
-            ));
-        }
-        toml.push_str(extra);
+        let mut merged: toml::Table = base.parse().unwrap();
+        merge(&mut merged, extra.parse().expect("extra TOML"));
+        let toml = toml::to_string(&merged).unwrap();
         let config = dir.path().join("sidecar.toml");
         std::fs::write(&config, toml).unwrap();
         let log = std::fs::File::create(dir.path().join("sidecar.log")).unwrap();
@@ -534,6 +531,23 @@ impl Sidecar {
         std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default()
     }
 
+    /// The log, once it contains `needle` `n` times (access log lines are written just after the
+    /// response).
+    pub async fn log_with(&self, needle: &str, n: usize) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= n {
+                return log;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "log never showed {needle}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn send(&self, d: &Delivery) -> Resp {
         send(self.addr, &d.bytes()).await
     }
@@ -561,6 +575,18 @@ impl Drop for Sidecar {
         let _ = self.child.wait();
         if std::thread::panicking() {
             let _ = writeln!(std::io::stderr(), "---- sidecar log ----\n{}", self.log());
+        }
+    }
+}
+
+/// Deep-merges `extra` into `base`: tables merge, other values replace.
+fn merge(base: &mut toml::Table, extra: toml::Table) {
+    for (k, v) in extra {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(e)) => merge(b, e),
+            (_, v) => {
+                base.insert(k, v);
+            }
         }
     }
 }

@@ -1,0 +1,163 @@
+//! Reload on SIGHUP or when a watched file changes; drain on SIGTERM.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::{ExecutionPhase, ShutdownWatch};
+use pingora::services::background::BackgroundService;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::Config;
+use crate::metrics::{self, METRICS};
+use crate::proxy::Shared;
+
+/// How often the config file and the secret files are checked for changes.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Watches the configuration and the secret files it references, and reloads on change or SIGHUP.
+///
+/// Files are compared by content, through their path: Kubernetes updates a mounted ConfigMap or Secret
+/// by swapping the `..data` symlink of its folder, which leaves the old file's inode untouched, so an
+/// inode or mtime watch on the file would miss it.
+pub struct Reloader {
+    pub shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP ({e}); reload on file change only");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(POLL);
+        let mut seen = fingerprint(&watched(&self.shared.live().config));
+        loop {
+            let reason = tokio::select! {
+                _ = async { hup.as_mut().expect("guarded").recv().await }, if hup.is_some() => "SIGHUP",
+                _ = tick.tick() => {
+                    let now = fingerprint(&watched(&self.shared.live().config));
+                    if now == seen {
+                        continue;
+                    }
+                    "a watched file changed"
+                }
+                _ = shutdown.changed() => return,
+            };
+            self.reload(reason);
+            // Remember what was seen even when the reload failed: a broken file is reported once, and
+            // retried when it changes again or on SIGHUP.
+            seen = fingerprint(&watched(&self.shared.live().config));
+        }
+    }
+}
+
+impl Reloader {
+    fn reload(&self, reason: &str) {
+        let old = self.shared.live();
+        match Config::load(&old.config.path) {
+            Ok(new) => {
+                for what in restart_needed(&old.config, &new) {
+                    log::warn!(
+                        "reload ({reason}): {what} changed; it takes effect after a restart"
+                    );
+                }
+                self.shared.replace(new);
+                METRICS.reload(metrics::Result::Success);
+                log::info!("configuration reloaded ({reason})");
+            }
+            Err(e) => {
+                log::error!(
+                    "reload ({reason}) refused, the previous configuration stays in force: {e}"
+                );
+                METRICS.reload(metrics::Result::Failure);
+            }
+        }
+    }
+}
+
+/// The settings a running process cannot change: its listeners, threads and dedup store.
+fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.server.listen != new.server.listen {
+        out.push("server.listen");
+    }
+    if old.server.admin_listen != new.server.admin_listen {
+        out.push("server.admin_listen");
+    }
+    if old.server.threads != new.server.threads {
+        out.push("server.threads");
+    }
+    if old.server.shutdown_grace != new.server.shutdown_grace {
+        out.push("server.shutdown_grace_seconds");
+    }
+    let (a, b) = (&old.dedup, &new.dedup);
+    if a.ttl != b.ttl || a.max_entries != b.max_entries || a.backend != b.backend {
+        out.push("dedup.ttl_seconds, max_entries or backend");
+    }
+    out
+}
+
+fn watched(config: &Config) -> Vec<PathBuf> {
+    let mut files = vec![config.path.clone()];
+    files.extend(
+        config
+            .auth
+            .hmac
+            .secrets
+            .iter()
+            .filter_map(|s| s.file.clone()),
+    );
+    files
+}
+
+/// A hash of the files' contents as reached through their paths now (a missing file hashes as such).
+fn fingerprint(files: &[PathBuf]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for f in files {
+        std::fs::read(f).ok().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// On SIGTERM Pingora closes the listeners and then waits its whole grace period. This ends the process
+/// as soon as the deliveries in flight are done, or lets Pingora's grace period run out.
+pub fn exit_when_drained(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>) {
+    std::thread::spawn(move || {
+        loop {
+            match phases.blocking_recv() {
+                Ok(ExecutionPhase::GracefulTerminate) => {
+                    log::info!(
+                        "SIGTERM: no new connections; waiting for {} request(s) in flight",
+                        METRICS.in_flight_now()
+                    );
+                }
+                Ok(ExecutionPhase::ShutdownGracePeriod) => {
+                    // Quiet for a moment, so that a request accepted just before the listener closed
+                    // has had time to be counted.
+                    let mut idle_since: Option<Instant> = None;
+                    loop {
+                        if METRICS.in_flight_now() > 0 {
+                            idle_since = None;
+                        } else if idle_since.get_or_insert_with(Instant::now).elapsed()
+                            >= Duration::from_millis(200)
+                        {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    log::info!("drained: exiting");
+                    std::process::exit(0);
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}

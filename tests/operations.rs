@@ -1,0 +1,308 @@
+//! Operating the sidecar: metrics, hot reload, graceful drain, shadow mode, JSON access log.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+fn signal(sidecar: &Sidecar, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &sidecar.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
+/// The value of one metric line, such as `pps_sidecar_requests_total{outcome="duplicate"}`.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+async fn metrics(sidecar: &Sidecar) -> String {
+    let r = sidecar.admin_get("/metrics").await;
+    assert_eq!(r.status, 200);
+    r.text()
+}
+
+/// Polls `check` until it holds; the bound is a failure, not a timing assertion.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_counters_move_by_exactly_one_per_outcome() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "[webhooks]\nmax_body_bytes = 1000\n").await;
+    let outcomes = [
+        "forwarded",
+        "duplicate",
+        "unauthorized",
+        "too_large",
+        "method_not_allowed",
+        "upstream_error",
+        "bad_request",
+        "filtered",
+        "not_found",
+    ];
+    let series = |o: &str| format!("pps_sidecar_requests_total{{outcome=\"{o}\"}}");
+    let before = metrics(&sidecar).await;
+
+    let d = Delivery::json();
+    assert_eq!(sidecar.send(&d).await.status, 200);
+    assert_eq!(sidecar.send(&d).await.status, 200);
+    assert_eq!(
+        sidecar.send(&Delivery::json().sign_with("x")).await.status,
+        403
+    );
+    assert_eq!(
+        sidecar.send(&Delivery::new(vec![b'x'; 1001])).await.status,
+        413
+    );
+    let mut get = Delivery::json();
+    get.method = "GET".into();
+    assert_eq!(sidecar.send(&get).await.status, 405);
+    app.set(Behaviour::Answer(500));
+    assert_eq!(sidecar.send(&Delivery::json()).await.status, 500);
+
+    let after = metrics(&sidecar).await;
+    for o in outcomes {
+        let expected = if ["bad_request", "filtered", "not_found"].contains(&o) {
+            0.0
+        } else {
+            1.0
+        };
+        assert_eq!(
+            metric(&after, &series(o)) - metric(&before, &series(o)),
+            expected,
+            "{o}"
+        );
+    }
+    assert_eq!(
+        metric(
+            &after,
+            "pps_sidecar_auth_failures_total{reason=\"bad_signature\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&after, "pps_sidecar_upstream_duration_seconds_count"),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "pps_sidecar_upstream_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
+        2.0
+    );
+    assert!(metric(&after, "pps_sidecar_dedup_entries") >= 0.0);
+    metric(
+        &after,
+        "pps_sidecar_config_reloads_total{result=\"success\"}",
+    );
+    metric(&after, "pps_sidecar_jwks_refresh_total{result=\"failure\"}");
+}
+
+/// Lays out `dir` as Kubernetes mounts a Secret: `key -> ..data/key`, `..data -> ..<version>`.
+fn k8s_secret(dir: &Path, version: &str, key: &str, value: &str) {
+    let versioned = dir.join(format!("..{version}"));
+    std::fs::create_dir_all(&versioned).unwrap();
+    std::fs::write(versioned.join(key), format!("{value}\n")).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let link = dir.join(key);
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink(format!("..data/{key}"), &link).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_rotated_by_a_kubernetes_symlink_swap_works_without_a_signal() {
+    let app = TestApp::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    k8s_secret(secrets.path(), "2026_11_01", "hmac", "first-secret");
+    let extra = format!(
+        "[auth.hmac]\nsecrets = [{{ file = \"{}\" }}]\n",
+        secrets.path().join("hmac").display()
+    );
+    let sidecar = Sidecar::start(&app, &extra).await;
+    assert_eq!(
+        sidecar
+            .send(&Delivery::json().sign_with("first-secret"))
+            .await
+            .status,
+        200
+    );
+
+    k8s_secret(secrets.path(), "2026_11_02", "hmac", "second-secret");
+    eventually("the new secret verifies", || async {
+        sidecar
+            .send(&Delivery::json().sign_with("second-secret"))
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert_eq!(
+        sidecar
+            .send(&Delivery::json().sign_with("first-secret"))
+            .await
+            .status,
+        403,
+        "the replaced secret no longer verifies"
+    );
+    let m = metrics(&sidecar).await;
+    assert_eq!(
+        metric(&m, "pps_sidecar_config_reloads_total{result=\"success\"}"),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_and_keeps_the_dedup_cache() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let d = Delivery::json();
+    assert_eq!(sidecar.send(&d).await.status, 200);
+
+    let path = sidecar.dir.path().join("sidecar.toml");
+    let mut toml = std::fs::read_to_string(&path).unwrap();
+    toml.push_str("\n[filters]\ntenants = [\"OU1243\"]\n");
+    // Written in place, then signalled: the signal alone must be enough even if the watcher is slower.
+    std::fs::write(&path, toml).unwrap();
+    signal(&sidecar, "HUP");
+    eventually("the reload is counted", || async {
+        metric(
+            &metrics(&sidecar).await,
+            "pps_sidecar_config_reloads_total{result=\"success\"}",
+        ) >= 1.0
+    })
+    .await;
+    let other = Delivery::json().set("X-Pps-Tenant-Id", Some("OU0001"));
+    assert_eq!(
+        sidecar.send(&other).await.status,
+        403,
+        "the new filter is in force"
+    );
+    let again = sidecar.send(&d).await;
+    assert_eq!(
+        again.get("x-pps-duplicate"),
+        Some("true"),
+        "the cache survived"
+    );
+    assert_eq!(app.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_config_is_refused_counted_and_the_old_one_keeps_serving() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let path = sidecar.dir.path().join("sidecar.toml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{good}\n[dedup]\nttl_secondz = 5\n")).unwrap();
+    signal(&sidecar, "HUP");
+    eventually("the failed reload is counted", || async {
+        metric(
+            &metrics(&sidecar).await,
+            "pps_sidecar_config_reloads_total{result=\"failure\"}",
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(sidecar.send(&Delivery::json()).await.status, 200);
+    assert!(
+        sidecar.log().contains("ttl_secondz"),
+        "the log names the bad key"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_delivery_in_flight_finish_then_exits_0() {
+    let app = TestApp::start().await;
+    let mut sidecar = Sidecar::start(&app, "").await;
+    app.set(Behaviour::Hold(200));
+    let d = Delivery::json();
+    let mut conn = Conn::open(sidecar.addr).await;
+    conn.write(&d.bytes()).await;
+    app.wait_for(1).await;
+
+    signal(&sidecar, "TERM");
+    eventually("the listener closes", || async {
+        tokio::net::TcpStream::connect(sidecar.addr).await.is_err()
+    })
+    .await;
+    app.release();
+    let r = conn
+        .read()
+        .await
+        .expect("the delivery in flight is answered");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "app says 200\n");
+
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(s) = sidecar.child().try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{}", sidecar.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_forwards_a_forged_delivery_marked_none_and_counts_it() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "[auth]\nenforce = false\n").await;
+    let r = sidecar.send(&Delivery::json().sign_with("forged")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(app.requests()[0].exact("X-Pps-Verified"), Some("none"));
+    let r = sidecar.send(&Delivery::json()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(app.requests()[1].exact("X-Pps-Verified"), Some("hmac"));
+    let m = metrics(&sidecar).await;
+    assert_eq!(
+        metric(
+            &m,
+            "pps_sidecar_auth_failures_total{reason=\"bad_signature\"}"
+        ),
+        1.0
+    );
+    sidecar.log_with("auth_failure=bad_signature", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_access_log_has_one_parseable_line_per_request() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "[server]\naccess_log = \"json\"\n").await;
+    let d = Delivery::json();
+    sidecar.send(&d).await;
+    sidecar.send(&d).await;
+    let log = sidecar.log_with("\"outcome\":", 2).await;
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| l.find("{\"").map(|i| &l[i..]))
+        .map(|l| serde_json::from_str(l).expect("valid JSON"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert_eq!(lines[0]["outcome"], "forwarded");
+    assert_eq!(lines[1]["outcome"], "duplicate");
+    assert_eq!(lines[1]["webhook_id"], d.id());
+    assert_eq!(lines[0]["tenant"], "OU1243");
+}
