@@ -45,6 +45,18 @@ impl Admin {
         let live = self.shared.live();
         let mut ready = true;
         let mut detail = format!("config: ok ({})\n", live.config.path.display());
+        if let Some(jwt) = &live.jwt {
+            let missing = jwt.not_loaded();
+            if missing.is_empty() {
+                detail.push_str("jwks: ok\n");
+            } else {
+                ready = false;
+                detail.push_str(&format!(
+                    "jwks: not loaded yet for {}\n",
+                    missing.join(", ")
+                ));
+            }
+        }
         let addr = live.config.upstream.socket_addr;
         let connect = tokio::time::timeout(
             live.config

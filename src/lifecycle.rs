@@ -117,6 +117,29 @@ fn watched(config: &Config) -> Vec<PathBuf> {
     files
 }
 
+/// Keeps every issuer's JWKS loaded and fresh: fetched at start-up (retried with backoff until it
+/// succeeds) and every `auth.jwt.jwks_refresh_seconds` after that.
+pub struct JwksRefresher {
+    pub shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for JwksRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Some(jwt) = self.shared.live().jwt.clone() {
+                        jwt.refresh_due().await;
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
 /// A hash of the files' contents as reached through their paths now (a missing file hashes as such).
 fn fingerprint(files: &[PathBuf]) -> u64 {
     let mut h = DefaultHasher::new();

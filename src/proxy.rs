@@ -12,8 +12,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 
-use crate::auth;
-use crate::config::{AccessLog, Config, OtherPaths};
+use crate::auth::{self, jwt::JwtVerifier};
+use crate::config::{AccessLog, Config, Method, OtherPaths};
 use crate::dedup::{Claim, Dedup};
 use crate::forward::{App, AppFailure};
 use crate::headers::{self, Delivery, Forwarding};
@@ -65,6 +65,8 @@ impl Outcome {
 pub struct Live {
     pub config: Config,
     pub app: Arc<App>,
+    /// Present when "jwt" is in `auth.methods`.
+    pub jwt: Option<Arc<JwtVerifier>>,
 }
 
 /// State shared by the proxy, admin and lifecycle services.
@@ -76,8 +78,9 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config, dedup: Dedup) -> Self {
         let app = Arc::new(App::new(&config.upstream));
+        let jwt = jwt_verifier(&config, None);
         Self {
-            live: RwLock::new(Arc::new(Live { config, app })),
+            live: RwLock::new(Arc::new(Live { config, app, jwt })),
             dedup,
         }
     }
@@ -87,7 +90,7 @@ impl Shared {
     }
 
     /// Puts `config` in force for the requests that start from now on. The pool of connections to the
-    /// app is kept when the app's address and timeouts did not change.
+    /// app, and the JWKS already fetched, are kept when their settings did not change.
     pub fn replace(&self, config: Config) {
         let old = self.live();
         let app = if old.config.upstream == config.upstream {
@@ -95,7 +98,18 @@ impl Shared {
         } else {
             Arc::new(App::new(&config.upstream))
         };
-        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Live { config, app });
+        let jwt = jwt_verifier(&config, old.jwt.as_ref());
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Live { config, app, jwt });
+    }
+}
+
+fn jwt_verifier(config: &Config, old: Option<&Arc<JwtVerifier>>) -> Option<Arc<JwtVerifier>> {
+    if !config.auth.methods.contains(&Method::Jwt) {
+        return None;
+    }
+    match old {
+        Some(v) if v.serves(&config.auth.jwt) => Some(v.clone()),
+        _ => Some(Arc::new(JwtVerifier::new(&config.auth.jwt))),
     }
 }
 
@@ -301,18 +315,21 @@ impl Sidecar {
             Err(BodyError::Io(e)) => return Err(e),
         };
 
-        let verified = match auth::authenticate(&cfg.auth, session.req_header(), &body).await {
-            Ok(v) => Some(v),
-            Err(failure) => {
-                ctx.auth_failure = Some(failure.reason());
-                METRICS.auth_failure(failure);
-                if cfg.auth.enforce {
-                    let r = Reply::new(403, Outcome::Unauthorized, "forbidden\n");
-                    return reply(session, ctx, r).await;
+        let verified =
+            match auth::authenticate(&cfg.auth, live.jwt.as_deref(), session.req_header(), &body)
+                .await
+            {
+                Ok(v) => Some(v),
+                Err(failure) => {
+                    ctx.auth_failure = Some(failure.reason());
+                    METRICS.auth_failure(failure);
+                    if cfg.auth.enforce {
+                        let r = Reply::new(403, Outcome::Unauthorized, "forbidden\n");
+                        return reply(session, ctx, r).await;
+                    }
+                    None
                 }
-                None
-            }
-        };
+            };
 
         let delivery = match headers::read_delivery(session.req_header()) {
             Ok(d) => d,

@@ -11,7 +11,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::dedup::Dedup;
 use crate::dedup::memory::MemoryStore;
-use crate::lifecycle::{self, Reloader};
+use crate::lifecycle::{self, JwksRefresher, Reloader};
 use crate::proxy::{Shared, Sidecar};
 
 /// Runs until SIGTERM/SIGINT; never returns.
@@ -70,7 +70,14 @@ pub fn run(config: Config) -> ! {
 
     server.add_service(proxy);
     server.add_service(admin);
+    let jwks = pingora::services::background::background_service(
+        "jwks",
+        JwksRefresher {
+            shared: shared.clone(),
+        },
+    );
     server.add_service(reloader);
+    server.add_service(jwks);
     lifecycle::exit_when_drained(server.watch_execution_phase());
     server.run_forever()
 }

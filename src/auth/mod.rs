@@ -1,6 +1,7 @@
 //! Is this delivery from Pitchpoint? The methods listed in `auth.methods`; any one that verifies is enough.
 
 pub mod hmac;
+pub mod jwt;
 
 use pingora::http::RequestHeader;
 
@@ -30,15 +31,33 @@ pub enum Failure {
     MalformedSignature,
     BadSignature,
     NoValidSecret,
+    MalformedToken,
+    UntrustedIssuer,
+    WrongAudience,
+    Expired,
+    NotYetValid,
+    MissingClaim,
+    DisallowedAlgorithm,
+    UnknownKey,
+    KeysNotLoaded,
 }
 
 impl Failure {
-    pub const ALL: [Failure; 5] = [
+    pub const ALL: [Failure; 14] = [
         Failure::MissingCredentials,
         Failure::AmbiguousCredentials,
         Failure::MalformedSignature,
         Failure::BadSignature,
         Failure::NoValidSecret,
+        Failure::MalformedToken,
+        Failure::UntrustedIssuer,
+        Failure::WrongAudience,
+        Failure::Expired,
+        Failure::NotYetValid,
+        Failure::MissingClaim,
+        Failure::DisallowedAlgorithm,
+        Failure::UnknownKey,
+        Failure::KeysNotLoaded,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -48,6 +67,15 @@ impl Failure {
             Failure::MalformedSignature => "malformed_signature",
             Failure::BadSignature => "bad_signature",
             Failure::NoValidSecret => "no_valid_secret",
+            Failure::MalformedToken => "malformed_token",
+            Failure::UntrustedIssuer => "untrusted_issuer",
+            Failure::WrongAudience => "wrong_audience",
+            Failure::Expired => "expired",
+            Failure::NotYetValid => "not_yet_valid",
+            Failure::MissingClaim => "missing_claim",
+            Failure::DisallowedAlgorithm => "disallowed_algorithm",
+            Failure::UnknownKey => "unknown_key",
+            Failure::KeysNotLoaded => "keys_not_loaded",
         }
     }
 }
@@ -58,6 +86,7 @@ impl Failure {
 /// present is reported, as it is the one the sender meant to use.
 pub async fn authenticate(
     cfg: &AuthConfig,
+    jwt: Option<&jwt::JwtVerifier>,
     req: &RequestHeader,
     body: &[u8],
 ) -> Result<Verified, Failure> {
@@ -75,7 +104,18 @@ pub async fn authenticate(
                     }
                 }
             }
-            Method::Jwt => continue,
+            Method::Jwt => {
+                let Some(verifier) = jwt else { continue };
+                let mut values = req.headers.get_all(http::header::AUTHORIZATION).iter();
+                match (values.next(), values.next()) {
+                    (None, _) => continue,
+                    (Some(_), Some(_)) => Err(Failure::AmbiguousCredentials),
+                    (Some(v), None) => match jwt::bearer(v.as_bytes()) {
+                        Some(token) => verifier.verify(token).await,
+                        None => Err(Failure::MalformedToken),
+                    },
+                }
+            }
         };
         match result {
             Ok(v) => return Ok(v),

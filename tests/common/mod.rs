@@ -2,6 +2,8 @@
 //! HTTP client that can send what a browser library would refuse to (duplicate headers, bad framing).
 #![allow(dead_code)]
 
+pub mod oidc;
+
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};

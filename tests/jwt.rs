@@ -1,0 +1,308 @@
+//! JWT bearer authentication against a real loopback OpenID Connect issuer.
+
+mod common;
+
+use std::time::Duration;
+
+use common::oidc::*;
+use common::*;
+use serde_json::json;
+
+fn bearer(d: Delivery, token: &str) -> Delivery {
+    d.set("X-Pps-Hmac-Sha256", None)
+        .set("Authorization", Some(&format!("Bearer {token}")))
+}
+
+async fn wait_ready(sidecar: &Sidecar) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let r = sidecar.admin_get("/readyz").await;
+        if r.status == 200 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn jwt_sidecar(app: &TestApp, issuer: &TestIssuer, extra: &str) -> Sidecar {
+    let sidecar = Sidecar::start(app, &format!("{}{extra}", issuer.toml("[\"jwt\"]"))).await;
+    wait_ready(&sidecar).await;
+    sidecar
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_token_passes_and_the_app_sees_subject_and_issuer() {
+    let key = TestKey::generate("k1");
+    let issuer = TestIssuer::start("my-project", &[&key]).await;
+    let app = TestApp::start().await;
+    let sidecar = jwt_sidecar(&app, &issuer, "").await;
+
+    let d =
+        bearer(Delivery::json(), &key.token(&issuer.claims())).add("X-Pps-Jwt-Subject", "spoofed");
+    let r = sidecar.send(&d).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let req = &app.requests()[0];
+    assert_eq!(req.exact("X-Pps-Verified"), Some("jwt"));
+    assert_eq!(req.all("x-pps-jwt-subject"), vec!["pitchpoint-webhooks"]);
+    assert_eq!(req.exact("X-Pps-Jwt-Issuer"), Some(issuer.issuer.as_str()));
+    assert_eq!(
+        req.get("authorization"),
+        None,
+        "the token does not reach the app"
+    );
+    let token = key.token(&issuer.claims());
+    sidecar.send(&bearer(Delivery::json(), &token)).await;
+    let log = sidecar.log_with("outcome=forwarded", 2).await;
+    assert!(
+        !log.contains(&token[token.len() - 20..]),
+        "tokens never reach the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_tokens_get_403_and_the_app_is_untouched() {
+    let key = TestKey::generate("k1");
+    let stranger = TestKey::generate("k1");
+    let issuer = TestIssuer::start("my-project", &[&key]).await;
+    let app = TestApp::start().await;
+    let sidecar = jwt_sidecar(&app, &issuer, "[auth.jwt]\nleeway_seconds = 60\n").await;
+    let t = now();
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = issuer.claims();
+        f(&mut c);
+        c
+    };
+    let valid = key.token(&issuer.claims());
+    let tampered = {
+        let mut parts: Vec<String> = valid.split('.').map(String::from).collect();
+        parts[1] = b64(with(&|c| c["sub"] = json!("admin")).to_string().as_bytes());
+        parts.join(".")
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "expired",
+            key.token(&with(&|c| c["exp"] = json!(t - 3600))),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            key.token(&with(&|c| c["nbf"] = json!(t + 3600))),
+            "not_yet_valid",
+        ),
+        (
+            "issued in the future",
+            key.token(&with(&|c| c["iat"] = json!(t + 3600))),
+            "not_yet_valid",
+        ),
+        (
+            "untrusted issuer",
+            key.token(&with(&|c| {
+                c["iss"] = json!("https://securetoken.google.com/evil")
+            })),
+            "untrusted_issuer",
+        ),
+        (
+            "wrong audience",
+            key.token(&with(&|c| c["aud"] = json!("other-project"))),
+            "wrong_audience",
+        ),
+        (
+            "no exp",
+            key.token(&with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            })),
+            "missing_claim",
+        ),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(json!({"alg": "none", "typ": "JWT", "kid": "k1"})
+                    .to_string()
+                    .as_bytes()),
+                b64(issuer.claims().to_string().as_bytes())
+            ),
+            "malformed_token",
+        ),
+        (
+            "HS256 keyed with the public key",
+            hs256_token(
+                &json!({"alg": "HS256", "typ": "JWT", "kid": "k1"}),
+                &issuer.claims(),
+                &key.public_bytes(),
+            ),
+            "disallowed_algorithm",
+        ),
+        ("tampered payload", tampered, "bad_signature"),
+        (
+            "signed by another key with the same kid",
+            stranger.token(&issuer.claims()),
+            "bad_signature",
+        ),
+        (
+            "unknown kid",
+            TestKey::generate("k-unknown").token(&issuer.claims()),
+            "unknown_key",
+        ),
+        ("malformed", "not.a.jwt".to_string(), "malformed_token"),
+        ("garbage", "abc".to_string(), "malformed_token"),
+        ("empty", String::new(), "malformed_token"),
+        (
+            "oversized",
+            format!("{valid}{}", "A".repeat(9000)),
+            "malformed_token",
+        ),
+    ];
+    for (what, token, _) in &cases {
+        let r = sidecar.send(&bearer(Delivery::json(), token)).await;
+        assert_eq!(r.status, 403, "{what}");
+    }
+    let basic = Delivery::json()
+        .set("X-Pps-Hmac-Sha256", None)
+        .set("Authorization", Some("Basic dXNlcjpwYXNz"));
+    assert_eq!(sidecar.send(&basic).await.status, 403, "not a bearer token");
+    assert_eq!(app.count(), 0, "the app is never contacted");
+
+    let log = sidecar
+        .log_with("outcome=unauthorized", cases.len() + 1)
+        .await;
+    for (what, _, reason) in &cases {
+        assert!(
+            log.contains(&format!("auth_failure={reason}")),
+            "{what}: reason {reason} not logged"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_added_to_the_jwks_is_used_without_a_restart() {
+    let old = TestKey::generate("2026-10");
+    let new = TestKey::generate("2026-11");
+    let issuer = TestIssuer::start("my-project", &[&old]).await;
+    let app = TestApp::start().await;
+    let sidecar = jwt_sidecar(&app, &issuer, "").await;
+    let before = issuer.jwks_fetches();
+    issuer.set_keys(&[&old, &new]);
+    let r = sidecar
+        .send(&bearer(Delivery::json(), &new.token(&issuer.claims())))
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "the new key is fetched on first sight of its kid"
+    );
+    assert_eq!(issuer.jwks_fetches(), before + 1);
+    let r = sidecar
+        .send(&bearer(Delivery::json(), &old.token(&issuer.claims())))
+        .await;
+    assert_eq!(r.status, 200, "the old key still verifies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_kids_causes_only_a_few_jwks_fetches() {
+    let key = TestKey::generate("real");
+    let issuer = TestIssuer::start("my-project", &[&key]).await;
+    let app = TestApp::start().await;
+    let sidecar = jwt_sidecar(&app, &issuer, "").await;
+    let before = issuer.jwks_fetches();
+    let forger = TestKey::generate("forged");
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let mut claims = issuer.claims();
+        claims["sub"] = json!(format!("attempt-{i}"));
+        let token = forger.token_with_header(
+            &json!({"alg": "RS256", "typ": "JWT", "kid": format!("forged-{i}")}),
+            &claims,
+        );
+        let d = bearer(Delivery::json(), &token);
+        let addr = sidecar.addr;
+        tasks.push(tokio::spawn(
+            async move { send(addr, &d.bytes()).await.status },
+        ));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 403);
+    }
+    let fetched = issuer.jwks_fetches() - before;
+    assert!(fetched <= 2, "{fetched} JWKS fetches for 30 unknown kids");
+    assert_eq!(app.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_tokens_keep_passing_when_the_issuer_goes_down() {
+    let key = TestKey::generate("k1");
+    let issuer = TestIssuer::start("my-project", &[&key]).await;
+    let claims = issuer.claims();
+    let app = TestApp::start().await;
+    let sidecar = jwt_sidecar(&app, &issuer, "[auth.jwt]\njwks_refresh_seconds = 1\n").await;
+    issuer.stop();
+    // Let at least one scheduled refresh fail, observed through the metrics.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let m = sidecar.admin_get("/metrics").await.text();
+        if !m.contains("pps_sidecar_jwks_refresh_total{result=\"failure\"} 0") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no refresh failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = sidecar
+        .send(&bearer(Delivery::json(), &key.token(&claims)))
+        .await;
+    assert_eq!(r.status, 200, "the last good keys keep serving");
+    assert!(sidecar.log().contains("the last good keys stay in use"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_the_jwks_is_loaded() {
+    let key = TestKey::generate("k1");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let app = TestApp::start().await;
+    let issuer_url = format!("http://{addr}/late-project");
+    let toml = format!(
+        "[auth]\nmethods = [\"jwt\"]\n\n[[auth.jwt.issuers]]\nissuer = \"{issuer_url}\"\naudiences = [\"late-project\"]\n"
+    );
+    let sidecar = Sidecar::start(&app, &toml).await;
+    let r = sidecar.admin_get("/readyz").await;
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("jwks: not loaded"), "{}", r.text());
+    let issuer = TestIssuer::start_on(addr, "late-project", &[&key]).await;
+    wait_ready(&sidecar).await;
+    let r = sidecar
+        .send(&bearer(Delivery::json(), &key.token(&issuer.claims())))
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_hmac_and_jwt_either_credential_alone_is_enough() {
+    let key = TestKey::generate("k1");
+    let issuer = TestIssuer::start("my-project", &[&key]).await;
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, &issuer.toml("[\"hmac\", \"jwt\"]")).await;
+    wait_ready(&sidecar).await;
+
+    let hmac_only = Delivery::json();
+    let r = sidecar.send(&hmac_only).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(app.requests()[0].exact("X-Pps-Verified"), Some("hmac"));
+
+    let jwt_only = bearer(Delivery::json(), &key.token(&issuer.claims()));
+    let r = sidecar.send(&jwt_only).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(app.requests()[1].exact("X-Pps-Verified"), Some("jwt"));
+
+    let forged_hmac_valid_jwt = Delivery::json().sign_with("wrong").set(
+        "Authorization",
+        Some(&format!("Bearer {}", key.token(&issuer.claims()))),
+    );
+    assert_eq!(sidecar.send(&forged_hmac_valid_jwt).await.status, 200);
+
+    let neither = bearer(Delivery::json().sign_with("wrong"), "bad.token.here")
+        .set("X-Pps-Hmac-Sha256", Some(&"0".repeat(64)));
+    assert_eq!(sidecar.send(&neither).await.status, 403);
+    let nothing = Delivery::json().set("X-Pps-Hmac-Sha256", None);
+    assert_eq!(sidecar.send(&nothing).await.status, 403);
+    assert_eq!(app.count(), 3);
+}
