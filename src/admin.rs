@@ -57,6 +57,10 @@ impl Admin {
                 ));
             }
         }
+        if let Some(line) = self.shared.dedup.status() {
+            detail.push_str(&line);
+            detail.push('\n');
+        }
         let addr = live.config.upstream.socket_addr;
         let connect = tokio::time::timeout(
             live.config

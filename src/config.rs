@@ -171,6 +171,10 @@ pub struct DedupConfig {
     pub max_entries: u64,
     pub backend: Backend,
     pub redis_url: Option<String>,
+    /// Prepended to every Redis key, so that several apps can share one Redis.
+    pub redis_prefix: String,
+    /// Each Redis operation gives up after this and falls back to the local cache.
+    pub redis_timeout: Duration,
     /// How long a duplicate waits for the first copy, still in flight, before it is answered 503.
     pub in_flight_wait: Duration,
 }
@@ -340,6 +344,8 @@ struct RawDedup {
     max_entries: u64,
     backend: String,
     redis_url: Option<String>,
+    redis_prefix: String,
+    redis_timeout_ms: u64,
     in_flight_wait_ms: u64,
 }
 
@@ -351,6 +357,8 @@ impl Default for RawDedup {
             max_entries: 1_000_000,
             backend: "memory".into(),
             redis_url: None,
+            redis_prefix: "pps-sidecar:".into(),
+            redis_timeout_ms: 250,
             in_flight_wait_ms: 5_000,
         }
     }
@@ -714,16 +722,22 @@ impl Validator<'_> {
             _ => return Err(self.err("dedup.backend", "must be \"memory\" or \"redis\"")),
         };
         if backend == Backend::Redis {
-            if raw.redis_url.is_none() {
+            let Some(url) = &raw.redis_url else {
                 return Err(self.err(
                     "dedup.redis_url",
                     "is required when dedup.backend = \"redis\"",
                 ));
+            };
+            // The URL may hold a password: the reason never quotes it.
+            if redis::Client::open(url.as_str()).is_err() {
+                return Err(self.err(
+                    "dedup.redis_url",
+                    "expected redis://[:password@]host[:port][/db] (or rediss://, unix://)",
+                ));
             }
-            return Err(self.err(
-                "dedup.backend",
-                "\"redis\" is not available in this version; use \"memory\"",
-            ));
+        }
+        if raw.redis_timeout_ms == 0 {
+            return Err(self.err("dedup.redis_timeout_ms", "must be greater than 0"));
         }
         Ok(DedupConfig {
             enabled: raw.enabled,
@@ -731,6 +745,8 @@ impl Validator<'_> {
             max_entries: raw.max_entries,
             backend,
             redis_url: raw.redis_url,
+            redis_prefix: raw.redis_prefix,
+            redis_timeout: Duration::from_millis(raw.redis_timeout_ms),
             in_flight_wait: Duration::from_millis(raw.in_flight_wait_ms),
         })
     }

@@ -119,7 +119,11 @@ fn summary(c: &Config) -> String {
         methods.join(" + "),
         if c.auth.enforce { "" } else { " (shadow mode)" },
         if c.dedup.enabled {
-            format!("memory, ttl {}s", c.dedup.ttl.as_secs())
+            let backend = match c.dedup.backend {
+                pps_sidecar::config::Backend::Memory => "memory",
+                pps_sidecar::config::Backend::Redis => "redis",
+            };
+            format!("{backend}, ttl {}s", c.dedup.ttl.as_secs())
         } else {
             "off".into()
         },

@@ -8,9 +8,10 @@ use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
-use crate::config::Config;
-use crate::dedup::Dedup;
+use crate::config::{Backend, Config};
 use crate::dedup::memory::MemoryStore;
+use crate::dedup::redis::RedisStore;
+use crate::dedup::{Dedup, DedupStore};
 use crate::lifecycle::{self, JwksRefresher, Reloader};
 use crate::proxy::{Shared, Sidecar};
 
@@ -31,8 +32,23 @@ pub fn run(config: Config) -> ! {
     let in_flight_ttl = config.upstream.connect_timeout
         + config.upstream.read_timeout * 2
         + Duration::from_secs(10);
-    let store = MemoryStore::new(config.dedup.max_entries, config.dedup.ttl, in_flight_ttl);
-    let dedup = Dedup::new(Arc::new(store), config.dedup.in_flight_wait);
+    let d = &config.dedup;
+    let local = MemoryStore::new(d.max_entries, d.ttl, in_flight_ttl);
+    let store: Arc<dyn DedupStore> = match (d.backend, &d.redis_url) {
+        (Backend::Redis, Some(url)) => Arc::new(
+            RedisStore::new(
+                url,
+                &d.redis_prefix,
+                d.redis_timeout,
+                d.ttl,
+                in_flight_ttl,
+                local,
+            )
+            .expect("the URL was validated with the configuration"),
+        ),
+        _ => Arc::new(local),
+    };
+    let dedup = Dedup::new(store, config.dedup.in_flight_wait);
 
     let listen = config.server.listen.to_string();
     let admin_listen = config.server.admin_listen.to_string();

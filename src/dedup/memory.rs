@@ -85,6 +85,16 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// The remembered status of a done key, without claiming anything.
+    pub fn done_status(&self, key: &str) -> Option<u16> {
+        match self.cache.get(key) {
+            Some(Entry::Done(status)) => Some(status),
+            _ => None,
+        }
+    }
+}
+
 #[async_trait]
 impl DedupStore for MemoryStore {
     async fn claim(&self, key: &str, wait: Duration) -> StoreClaim {

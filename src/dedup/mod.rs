@@ -5,6 +5,7 @@
 //! interface is local (moka) today and can be shared (Redis) without the proxy noticing.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,10 @@ pub trait DedupStore: Send + Sync + 'static {
     async fn release(&self, key: &str, token: u64);
     /// Keys remembered (done or in flight), approximately.
     fn entries(&self) -> u64;
+    /// A line for `/readyz` about the store's backend, if it has one to say.
+    fn status(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The proxy's handle on the dedup store.
@@ -68,6 +73,10 @@ impl Dedup {
 
     pub fn entries(&self) -> u64 {
         self.store.entries()
+    }
+
+    pub fn status(&self) -> Option<String> {
+        self.store.status()
     }
 }
 

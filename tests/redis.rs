@@ -1,0 +1,207 @@
+//! Shared deduplication: two sidecar processes in front of one app, sharing a real `redis-server`.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct TestRedis {
+    port: u16,
+    child: Child,
+}
+
+impl TestRedis {
+    async fn start(port: u16) -> TestRedis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is required for these tests (.ci/deps installs it)");
+        let r = TestRedis { port, child };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !r.pong().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        r
+    }
+
+    async fn pong(&self) -> bool {
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return false;
+        };
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").await.is_ok()
+            && s.read_exact(&mut buf).await.is_ok()
+            && &buf == b"+PONG\r\n"
+    }
+
+    fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+
+    fn toml(&self) -> String {
+        format!(
+            "[dedup]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}/\"\nin_flight_wait_ms = 5000\n",
+            self.port
+        )
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn replicas(app: &TestApp, redis: &TestRedis) -> (Sidecar, Sidecar) {
+    (
+        Sidecar::start(app, &redis.toml()).await,
+        Sidecar::start(app, &redis.toml()).await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_sent_to_the_other_replica_is_answered_from_the_shared_cache() {
+    let redis = TestRedis::start(free_port()).await;
+    let app = TestApp::start().await;
+    let (a, b) = replicas(&app, &redis).await;
+    let d = Delivery::json();
+    assert_eq!(a.send(&d).await.status, 200);
+    let r = b.send(&d).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.get("x-pps-duplicate"), Some("true"));
+    assert_eq!(app.count(), 1);
+    let ready = b.admin_get("/readyz").await;
+    assert!(ready.text().contains("dedup: redis ok"), "{}", ready.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_copies_spread_over_both_replicas_reach_the_app_once() {
+    let redis = TestRedis::start(free_port()).await;
+    let app = TestApp::start().await;
+    let (a, b) = replicas(&app, &redis).await;
+    app.set(Behaviour::Hold(200));
+    let d = Delivery::json();
+    let mut conns = Vec::new();
+    for i in 0..10 {
+        let target = if i % 2 == 0 { a.addr } else { b.addr };
+        let mut c = Conn::open(target).await;
+        c.write(&d.bytes()).await;
+        conns.push(c);
+    }
+    app.wait_for(1).await;
+    app.release();
+    let mut fresh = 0;
+    for mut c in conns {
+        let r = c.read().await.expect("answered");
+        assert_eq!(
+            r.status, 200,
+            "the app acknowledged, so copies share its 2xx"
+        );
+        if r.get("x-pps-duplicate").is_none() {
+            fresh += 1;
+        }
+    }
+    assert_eq!(fresh, 1);
+    assert_eq!(app.count(), 1, "exactly one copy reached the app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_failure_on_one_replica_lets_the_retry_through_on_the_other() {
+    let redis = TestRedis::start(free_port()).await;
+    let app = TestApp::start().await;
+    let (a, b) = replicas(&app, &redis).await;
+    let d = Delivery::json();
+    app.set(Behaviour::Answer(503));
+    assert_eq!(a.send(&d).await.status, 503);
+    app.set(Behaviour::Answer(200));
+    let r = b.send(&d).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.get("x-pps-duplicate"), None);
+    assert_eq!(app.count(), 2);
+    let again = a.send(&d).await;
+    assert_eq!(
+        again.get("x-pps-duplicate"),
+        Some("true"),
+        "now done for both"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_flow_while_redis_is_down_and_sharing_resumes_when_it_is_back() {
+    let redis = TestRedis::start(free_port()).await;
+    let app = TestApp::start().await;
+    let (a, b) = replicas(&app, &redis).await;
+    assert_eq!(a.send(&Delivery::json()).await.status, 200);
+
+    let port = redis.stop();
+    let during = Delivery::json();
+    assert_eq!(a.send(&during).await.status, 200, "forwarded without Redis");
+    assert_eq!(
+        a.send(&during).await.get("x-pps-duplicate"),
+        Some("true"),
+        "the local cache still answers this replica's duplicates"
+    );
+    let ready = a.admin_get("/readyz").await;
+    assert_eq!(ready.status, 200, "deliveries flow, so the pod stays ready");
+    assert!(
+        ready.text().contains("redis unreachable"),
+        "{}",
+        ready.text()
+    );
+    let m = a.admin_get("/metrics").await.text();
+    assert!(
+        !m.contains("pps_sidecar_dedup_store_errors_total 0\n"),
+        "{m}"
+    );
+    a.log_with("using this replica's local cache", 1).await;
+
+    let _redis = TestRedis::start(port).await;
+    // Redis is retried a second after a failure; wait until a replica shares again.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let d = Delivery::json();
+        assert_eq!(a.send(&d).await.status, 200);
+        if b.send(&d).await.get("x-pps-duplicate") == Some("true") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sharing never resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.log_with("shared deduplication resumes", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_namespaced_by_the_configured_prefix() {
+    let redis = TestRedis::start(free_port()).await;
+    let app = TestApp::start().await;
+    let a = Sidecar::start(
+        &app,
+        &format!("{}redis_prefix = \"app-a:\"\n", redis.toml()),
+    )
+    .await;
+    let b = Sidecar::start(
+        &app,
+        &format!("{}redis_prefix = \"app-b:\"\n", redis.toml()),
+    )
+    .await;
+    let d = Delivery::json();
+    assert_eq!(a.send(&d).await.status, 200);
+    let r = b.send(&d).await;
+    assert_eq!(r.get("x-pps-duplicate"), None, "another app's namespace");
+    assert_eq!(app.count(), 2);
+}
