@@ -38,28 +38,35 @@ impl BackgroundService for Reloader {
         };
         let mut tick = tokio::time::interval(POLL);
         let mut seen = fingerprint(&watched(&self.shared.live().config));
+        // The error of the last refused reload, while it stands.
+        let mut failing: Option<String> = None;
         loop {
-            let reason = tokio::select! {
-                _ = async { hup.as_mut().expect("guarded").recv().await }, if hup.is_some() => "SIGHUP",
+            tokio::select! {
+                _ = async { hup.as_mut().expect("guarded").recv().await }, if hup.is_some() => {
+                    failing = self.reload("SIGHUP", None).err();
+                }
                 _ = tick.tick() => {
-                    let now = fingerprint(&watched(&self.shared.live().config));
-                    if now == seen {
+                    if fingerprint(&watched(&self.shared.live().config)) != seen {
+                        failing = self.reload("a watched file changed", None).err();
+                    } else if let Some(previous) = failing.take() {
+                        // A refused config may name a file that is not there yet (a new secret mounted a
+                        // moment later): it is retried every tick, and only a different outcome is reported.
+                        failing = self.reload("retry", Some(&previous)).err();
+                    } else {
                         continue;
                     }
-                    "a watched file changed"
                 }
                 _ = shutdown.changed() => return,
-            };
-            self.reload(reason);
-            // Remember what was seen even when the reload failed: a broken file is reported once, and
-            // retried when it changes again or on SIGHUP.
+            }
             seen = fingerprint(&watched(&self.shared.live().config));
         }
     }
 }
 
 impl Reloader {
-    fn reload(&self, reason: &str) {
+    /// Loads the file again and puts it in force, or explains why not. `same_error` silences a failure
+    /// identical to the one already reported.
+    fn reload(&self, reason: &str, same_error: Option<&str>) -> Result<(), String> {
         let old = self.shared.live();
         match Config::load(&old.config.path) {
             Ok(new) => {
@@ -71,12 +78,17 @@ impl Reloader {
                 self.shared.replace(new);
                 METRICS.reload(metrics::Result::Success);
                 log::info!("configuration reloaded ({reason})");
+                Ok(())
             }
             Err(e) => {
-                log::error!(
-                    "reload ({reason}) refused, the previous configuration stays in force: {e}"
-                );
-                METRICS.reload(metrics::Result::Failure);
+                let e = e.to_string();
+                if same_error != Some(e.as_str()) {
+                    log::error!(
+                        "reload ({reason}) refused, the previous configuration stays in force: {e}"
+                    );
+                    METRICS.reload(metrics::Result::Failure);
+                }
+                Err(e)
             }
         }
     }

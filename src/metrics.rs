@@ -118,128 +118,142 @@ impl Metrics {
     pub fn render(&self, dedup_entries: u64) -> String {
         let mut out = String::with_capacity(4096);
         let w = &mut out;
-        header(
+        labelled(
             w,
-            "pps_sidecar_requests_total",
-            "counter",
-            "Requests by outcome.",
+            (
+                "pps_sidecar_requests_total",
+                "counter",
+                "Requests by outcome.",
+            ),
+            "outcome",
+            Outcome::ALL.map(|o| (o.as_str(), load(&self.requests[o as usize]))),
         );
-        for o in Outcome::ALL {
-            let v = self.requests[o as usize].load(Relaxed);
-            let _ = writeln!(
-                w,
-                "pps_sidecar_requests_total{{outcome=\"{}\"}} {v}",
-                o.as_str()
-            );
-        }
-        header(
+        labelled(
             w,
-            "pps_sidecar_auth_failures_total",
-            "counter",
-            "Deliveries whose authentication failed, by reason (in shadow mode too).",
+            (
+                "pps_sidecar_auth_failures_total",
+                "counter",
+                "Deliveries whose authentication failed, by reason (in shadow mode too).",
+            ),
+            "reason",
+            Failure::ALL.map(|f| (f.reason(), load(&self.auth_failures[f as usize]))),
         );
-        for f in Failure::ALL {
-            let v = self.auth_failures[f as usize].load(Relaxed);
-            let _ = writeln!(
-                w,
-                "pps_sidecar_auth_failures_total{{reason=\"{}\"}} {v}",
-                f.reason()
-            );
-        }
-        header(
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        labelled(
             w,
-            "pps_sidecar_app_responses_total",
-            "counter",
-            "Answers of the app by status class.",
+            (
+                "pps_sidecar_app_responses_total",
+                "counter",
+                "Answers of the app by status class.",
+            ),
+            "class",
+            std::array::from_fn::<_, 5, _>(|i| (classes[i], load(&self.app_responses[i]))),
         );
-        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
-            let v = self.app_responses[i].load(Relaxed);
-            let _ = writeln!(
-                w,
-                "pps_sidecar_app_responses_total{{class=\"{class}\"}} {v}"
-            );
-        }
+
+        let name = "pps_sidecar_upstream_duration_seconds";
         header(
             w,
-            "pps_sidecar_upstream_duration_seconds",
-            "histogram",
-            "Time from sending a delivery to the app to its response header.",
+            (
+                name,
+                "histogram",
+                "Time from sending a delivery to the app to its response header.",
+            ),
         );
         let mut cumulative = 0;
         for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += self.upstream_buckets[i].load(Relaxed);
-            let _ = writeln!(
-                w,
-                "pps_sidecar_upstream_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}"
-            );
+            cumulative += load(&self.upstream_buckets[i]);
+            let _ = writeln!(w, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
         }
-        let count = self.upstream_count.load(Relaxed);
-        let _ = writeln!(
-            w,
-            "pps_sidecar_upstream_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let sum = self.upstream_sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(w, "pps_sidecar_upstream_duration_seconds_sum {sum}");
-        let _ = writeln!(w, "pps_sidecar_upstream_duration_seconds_count {count}");
-        header(
-            w,
-            "pps_sidecar_dedup_entries",
-            "gauge",
-            "Webhook ids remembered (done or in flight).",
-        );
-        let _ = writeln!(w, "pps_sidecar_dedup_entries {dedup_entries}");
-        header(
-            w,
-            "pps_sidecar_dedup_store_errors_total",
-            "counter",
-            "Dedup store operations that failed and fell back to the local cache.",
-        );
-        let _ = writeln!(
-            w,
-            "pps_sidecar_dedup_store_errors_total {}",
-            self.dedup_errors.load(Relaxed)
-        );
-        header(
-            w,
-            "pps_sidecar_in_flight_requests",
-            "gauge",
-            "Requests being handled now.",
-        );
-        let _ = writeln!(w, "pps_sidecar_in_flight_requests {}", self.in_flight_now());
-        for (name, help, ok, failed) in [
+        let count = load(&self.upstream_count);
+        let sum = load(&self.upstream_sum_micros) as f64 / 1e6;
+        let _ = writeln!(w, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(w, "{name}_sum {sum}\n{name}_count {count}");
+
+        for (meta, value) in [
             (
-                "pps_sidecar_config_reloads_total",
-                "Configuration reloads by result.",
+                (
+                    "pps_sidecar_dedup_entries",
+                    "gauge",
+                    "Webhook ids remembered by this replica (done or in flight).",
+                ),
+                dedup_entries as i64,
+            ),
+            (
+                (
+                    "pps_sidecar_dedup_store_errors_total",
+                    "counter",
+                    "Dedup store operations that failed and fell back to the local cache.",
+                ),
+                load(&self.dedup_errors) as i64,
+            ),
+            (
+                (
+                    "pps_sidecar_in_flight_requests",
+                    "gauge",
+                    "Requests being handled now.",
+                ),
+                self.in_flight_now(),
+            ),
+        ] {
+            header(w, meta);
+            let _ = writeln!(w, "{} {value}", meta.0);
+        }
+        for (meta, ok, failed) in [
+            (
+                (
+                    "pps_sidecar_config_reloads_total",
+                    "counter",
+                    "Configuration reloads by result.",
+                ),
                 &self.reloads_ok,
                 &self.reloads_failed,
             ),
             (
-                "pps_sidecar_jwks_refresh_total",
-                "JWKS fetches by result.",
+                (
+                    "pps_sidecar_jwks_refresh_total",
+                    "counter",
+                    "JWKS fetches by result.",
+                ),
                 &self.jwks_ok,
                 &self.jwks_failed,
             ),
         ] {
-            header(w, name, "counter", help);
-            let _ = writeln!(w, "{name}{{result=\"success\"}} {}", ok.load(Relaxed));
-            let _ = writeln!(w, "{name}{{result=\"failure\"}} {}", failed.load(Relaxed));
+            labelled(
+                w,
+                meta,
+                "result",
+                [("success", load(ok)), ("failure", load(failed))],
+            );
         }
-        header(
+        labelled(
             w,
-            "pps_sidecar_build_info",
-            "gauge",
-            "Version of the running binary.",
-        );
-        let _ = writeln!(
-            w,
-            "pps_sidecar_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
+            (
+                "pps_sidecar_build_info",
+                "gauge",
+                "Version of the running binary.",
+            ),
+            "version",
+            [(env!("CARGO_PKG_VERSION"), 1)],
         );
         out
     }
 }
 
-fn header(w: &mut String, name: &str, kind: &str, help: &str) {
+/// Name, type and help of a metric family.
+type Meta = (&'static str, &'static str, &'static str);
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Relaxed)
+}
+
+fn labelled<const N: usize>(w: &mut String, meta: Meta, label: &str, values: [(&str, u64); N]) {
+    header(w, meta);
+    for (v, n) in values {
+        let _ = writeln!(w, "{}{{{label}=\"{v}\"}} {n}", meta.0);
+    }
+}
+
+fn header(w: &mut String, (name, kind, help): Meta) {
     let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 

@@ -123,13 +123,7 @@ async fn simultaneous_copies_reach_the_app_exactly_once_and_share_its_2xx() {
     let app = TestApp::start().await;
     let sidecar = Sidecar::start(&app, "").await;
     app.set(Behaviour::Hold(200));
-    let d = Delivery::json();
-    let mut conns = Vec::new();
-    for _ in 0..12 {
-        let mut c = Conn::open(sidecar.addr).await;
-        c.write(&d.bytes()).await;
-        conns.push(c);
-    }
+    let conns = send_copies(&[sidecar.addr], &Delivery::json(), 12).await;
     app.wait_for(1).await;
     app.release();
     let mut statuses = Vec::new();
@@ -151,13 +145,7 @@ async fn simultaneous_copies_never_get_a_2xx_when_the_app_fails() {
     let app = TestApp::start().await;
     let sidecar = Sidecar::start(&app, "").await;
     app.set(Behaviour::Hold(500));
-    let d = Delivery::json();
-    let mut conns = Vec::new();
-    for _ in 0..12 {
-        let mut c = Conn::open(sidecar.addr).await;
-        c.write(&d.bytes()).await;
-        conns.push(c);
-    }
+    let conns = send_copies(&[sidecar.addr], &Delivery::json(), 12).await;
     app.wait_for(1).await;
     app.release();
     for mut c in conns {

@@ -31,19 +31,6 @@ async fn metrics(sidecar: &Sidecar) -> String {
     r.text()
 }
 
-/// Polls `check` until it holds; the bound is a failure, not a timing assertion.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_counters_move_by_exactly_one_per_outcome() {
     let app = TestApp::start().await;
@@ -305,4 +292,49 @@ async fn json_access_log_has_one_parseable_line_per_request() {
     assert_eq!(lines[1]["outcome"], "duplicate");
     assert_eq!(lines[1]["webhook_id"], d.id());
     assert_eq!(lines[0]["tenant"], "OU1243");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_waiting_for_its_new_secret_file_is_applied_when_the_file_appears() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let path = sidecar.dir.path().join("sidecar.toml");
+    let next = sidecar.dir.path().join("hmac-next");
+    let toml = format!(
+        "{}\n[[auth.hmac.secrets]]\nfile = \"{}\"\n",
+        std::fs::read_to_string(&path).unwrap(),
+        next.display()
+    );
+    // Replaced atomically, as Kubernetes does, so the watcher never reads a half-written file.
+    let tmp = sidecar.dir.path().join("sidecar.toml.new");
+    std::fs::write(&tmp, toml).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    eventually("the reload is refused for the missing file", || async {
+        metric(
+            &metrics(&sidecar).await,
+            "pps_sidecar_config_reloads_total{result=\"failure\"}",
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        sidecar.send(&Delivery::json()).await.status,
+        200,
+        "old config serves"
+    );
+
+    std::fs::write(&next, "rotated-secret\n").unwrap();
+    eventually("the new secret verifies", || async {
+        sidecar
+            .send(&Delivery::json().sign_with("rotated-secret"))
+            .await
+            .status
+            == 200
+    })
+    .await;
+    let m = metrics(&sidecar).await;
+    assert_eq!(
+        metric(&m, "pps_sidecar_config_reloads_total{result=\"failure\"}"),
+        1.0,
+        "the same refusal is reported once, not every second"
+    );
 }

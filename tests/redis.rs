@@ -3,7 +3,6 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,14 +21,7 @@ impl TestRedis {
             .spawn()
             .expect("redis-server is required for these tests (.ci/deps installs it)");
         let r = TestRedis { port, child };
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while !r.pong().await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("redis-server answers PING", || r.pong()).await;
         r
     }
 
@@ -92,14 +84,7 @@ async fn simultaneous_copies_spread_over_both_replicas_reach_the_app_once() {
     let app = TestApp::start().await;
     let (a, b) = replicas(&app, &redis).await;
     app.set(Behaviour::Hold(200));
-    let d = Delivery::json();
-    let mut conns = Vec::new();
-    for i in 0..10 {
-        let target = if i % 2 == 0 { a.addr } else { b.addr };
-        let mut c = Conn::open(target).await;
-        c.write(&d.bytes()).await;
-        conns.push(c);
-    }
+    let conns = send_copies(&[a.addr, b.addr], &Delivery::json(), 10).await;
     app.wait_for(1).await;
     app.release();
     let mut fresh = 0;
@@ -169,19 +154,12 @@ async fn deliveries_flow_while_redis_is_down_and_sharing_resumes_when_it_is_back
 
     let _redis = TestRedis::start(port).await;
     // Redis is retried a second after a failure; wait until a replica shares again.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    eventually("sharing resumes", || async {
         let d = Delivery::json();
         assert_eq!(a.send(&d).await.status, 200);
-        if b.send(&d).await.get("x-pps-duplicate") == Some("true") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "sharing never resumed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        b.send(&d).await.get("x-pps-duplicate") == Some("true")
+    })
+    .await;
     a.log_with("shared deduplication resumes", 1).await;
 }
 

@@ -336,6 +336,31 @@ impl Conn {
     }
 }
 
+/// Opens `n` connections, spread over `targets` in turn, and writes the whole delivery on each: copies of
+/// one event in flight at the same time.
+pub async fn send_copies(targets: &[SocketAddr], d: &Delivery, n: usize) -> Vec<Conn> {
+    let mut conns = Vec::new();
+    for i in 0..n {
+        let mut c = Conn::open(targets[i % targets.len()]).await;
+        c.write(&d.bytes()).await;
+        conns.push(c);
+    }
+    conns
+}
+
+/// Polls `check` until it holds; reaching `PATIENCE` fails the test (it bounds, it does not time).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 pub async fn send(addr: SocketAddr, req: &[u8]) -> Resp {
     Conn::open(addr).await.send(req).await
 }

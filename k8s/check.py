@@ -1,0 +1,680 @@
+#!/usr/bin/env python3
+"""Validates the Kubernetes manifests in k8s/ and the Dockerfiles, without a cluster.
+
+    python3 k8s/check.py                 validate everything; exit 0, or 1 with one line per problem
+    python3 k8s/check.py --print-config  print the sidecar.toml held by the ConfigMap, byte for byte
+    python3 k8s/check.py --self-test     break the manifests in memory in known ways and show that each
+                                         break is caught (so that a green run means something)
+
+1. Schemas: every manifest is validated strictly (unknown fields are errors) with the PyPI package
+   kubernetes-validate against Kubernetes 1.29 and the newest version it bundles; the two-container
+   variant, meant for older clusters, also against the oldest version it bundles.
+2. Structure, per variant (native-sidecar, two-containers), as `kubectl apply -k` would create it: the
+   Service reaches the sidecar's webhook port and never the app's, the probes hit the admin port, the app is
+   bound to loopback, the config and secret files the TOML names are really mounted, the securityContext is
+   locked down, and so on.
+
+The variants are rendered here from their kustomization.yaml (`resources` only, which is all they use), so
+neither kubectl nor kustomize is needed. kubernetes-validate (and PyYAML with it) is installed into a
+virtualenv at target/k8s-venv on first use (`python3 -m venv`: on Debian the python3-venv package).
+"""
+
+import copy
+import os
+import re
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+VENV = os.environ.get("PPS_K8S_VENV") or os.path.join(REPO, "target", "k8s-venv")
+REQUIREMENTS = ["kubernetes-validate==1.37.0", "tomli>=2; python_version < '3.11'"]
+MIN_VERSION = "1.29"
+
+VARIANTS = ["native-sidecar", "two-containers"]
+SIDECAR_IMAGE = "pps-sidecar"
+CONFIG_PATH = "/etc/pps-sidecar/sidecar.toml"
+SIDECAR_ARGS = ["run", "--config", CONFIG_PATH]
+RUN_AS_USER = 65532
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+# ---- the virtualenv -------------------------------------------------------------------------------
+
+
+def bootstrap():
+    """Re-executes this script with the virtualenv's python, creating the virtualenv first if needed."""
+    if os.environ.get("PPS_K8S_IN_VENV") == VENV:
+        return
+    python = os.path.join(VENV, "bin", "python")
+    marker = os.path.join(VENV, ".installed")
+    wanted = "\n".join(REQUIREMENTS)
+    os.makedirs(os.path.dirname(VENV), exist_ok=True)
+    import fcntl
+    import shutil
+
+    # Several tests may start at once: one creates the virtualenv, the others wait for it.
+    with open(VENV + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        installed = open(marker).read() if os.path.exists(marker) else None
+        if installed != wanted:
+            shutil.rmtree(VENV, ignore_errors=True)
+            print(f"check.py: creating {VENV} with {', '.join(REQUIREMENTS)}", file=sys.stderr)
+            step([sys.executable, "-m", "venv", VENV],
+                 "cannot create a virtualenv; on Debian: apt-get install python3-venv")
+            step([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *REQUIREMENTS],
+                 "cannot install the validator from PyPI")
+            with open(marker, "w") as f:
+                f.write(wanted)
+    env = dict(os.environ, PPS_K8S_IN_VENV=VENV)
+    os.execve(python, [python, os.path.abspath(__file__), *sys.argv[1:]], env)
+
+
+def step(cmd, hint):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        sys.exit(f"check.py: {' '.join(cmd)} failed ({hint}):\n{r.stdout}")
+
+
+# ---- reading the manifests ------------------------------------------------------------------------
+
+
+def rel(path):
+    return os.path.relpath(path, REPO)
+
+
+def load_docs(path):
+    import yaml
+
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+class Render:
+    """What `kubectl apply -k DIR` would apply, for kustomizations that only list resources."""
+
+    def __init__(self, errors):
+        self.errors = errors
+        self.files = []  # every resource file reached, in order
+        self.docs = []  # (file, document)
+
+    def dir(self, d, seen=()):
+        k = os.path.join(d, "kustomization.yaml")
+        if not os.path.isfile(k):
+            self.errors.append(f"{rel(d)}: no kustomization.yaml")
+            return
+        if d in seen:
+            self.errors.append(f"{rel(k)}: resources form a cycle")
+            return
+        docs = load_docs(k)
+        if len(docs) != 1:
+            self.errors.append(f"{rel(k)}: expected one document")
+            return
+        kz = docs[0]
+        if kz.get("apiVersion") != "kustomize.config.k8s.io/v1beta1" or kz.get("kind") != "Kustomization":
+            self.errors.append(f"{rel(k)}: not a kustomize.config.k8s.io/v1beta1 Kustomization")
+        other = sorted(set(kz) - {"apiVersion", "kind", "resources"})
+        if other:
+            # This renderer (and the tests) understand `resources` only; anything else would be ignored here
+            # and yet change what kubectl applies.
+            self.errors.append(f"{rel(k)}: uses {other}; k8s/check.py renders `resources` only")
+        for r in kz.get("resources") or []:
+            p = os.path.normpath(os.path.join(d, r))
+            if os.path.isdir(p):
+                self.dir(p, (*seen, d))
+            elif os.path.isfile(p):
+                self.files.append(p)
+                self.docs.extend((p, doc) for doc in load_docs(p))
+            else:
+                self.errors.append(f"{rel(k)}: resource {r} does not exist")
+
+
+def render(variant, errors):
+    r = Render(errors)
+    r.dir(os.path.join(HERE, variant))
+    seen = set()
+    for f, doc in r.docs:
+        key = (doc.get("kind"), (doc.get("metadata") or {}).get("name"))
+        if key in seen:
+            errors.append(f"{variant}: {key[0]}/{key[1]} defined twice ({rel(f)})")
+        seen.add(key)
+    return r
+
+
+# ---- schemas --------------------------------------------------------------------------------------
+
+
+def schema_versions(oldest_too):
+    from kubernetes_validate import utils
+
+    versions = [MIN_VERSION, utils.major_minor(utils.latest_version())]
+    if oldest_too:
+        versions.insert(0, utils.major_minor(utils.all_versions()[0]))
+    return list(dict.fromkeys(versions))
+
+
+SCHEMA_RESULTS = {}
+
+
+def schema_errors(label, doc, versions):
+    """Strict validation of one document against each version; a kind without a schema is an error."""
+    import functools
+
+    from kubernetes_validate import utils
+
+    if not hasattr(utils.schema_contents, "cache_info"):
+        # The schema files are large and the self-test validates many variants of the same documents.
+        utils.schema_contents = functools.lru_cache(maxsize=None)(utils.schema_contents)
+    key = (label, tuple(versions), repr(doc))
+    if key in SCHEMA_RESULTS:
+        return SCHEMA_RESULTS[key]
+    out = []
+    for v in versions:
+        try:
+            utils.validate(doc, v, strict=True)
+        except utils.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            out.append(f"{label}: invalid for Kubernetes {v}: {path}: {e.message}")
+        except (utils.SchemaNotFoundError, utils.InvalidSchemaError, utils.VersionNotSupportedError) as e:
+            out.append(f"{label}: cannot validate for Kubernetes {v}: {e.message}")
+    SCHEMA_RESULTS[key] = out
+    return out
+
+
+# ---- structure ------------------------------------------------------------------------------------
+
+
+def host_port(addr):
+    host, _, port = str(addr).rpartition(":")
+    try:
+        return host, int(port)
+    except ValueError:
+        return host, None
+
+
+def toml_loads(text):
+    try:
+        import tomllib
+    except ImportError:  # Python before 3.11: tomli, installed into the virtualenv
+        import tomli as tomllib
+    return tomllib.loads(text)
+
+
+def quantity(q):
+    """A Kubernetes quantity as a float (cpu in cores, memory in bytes)."""
+    m = re.fullmatch(r"([0-9.]+)(m|k|M|G|Ki|Mi|Gi)?", str(q))
+    if not m:
+        return None
+    scale = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    return float(m.group(1)) * scale[m.group(2)]
+
+
+def one(docs, kind, errors, variant):
+    found = [d for d in docs if d.get("kind") == kind]
+    if len(found) != 1:
+        errors.append(f"{variant}: expected exactly one {kind}, found {len(found)}")
+        return None
+    return found[0]
+
+
+def mounted_files(pod, container, keys):
+    """Absolute path -> (kind, name, key, optional) for every ConfigMap/Secret key mounted in `container`.
+    `keys(kind, name)` lists the keys of a ConfigMap or Secret (for sources without `items`)."""
+    volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+    out = {}
+
+    def add(mount, kind, src):
+        items = src.get("items")
+        if items is None:
+            items = [{"key": k, "path": k} for k in sorted(keys(kind, src.get("name")))]
+        for it in items:
+            path = os.path.normpath(os.path.join(mount, it["path"]))
+            out[path] = (kind, src.get("name"), it["key"], bool(src.get("optional")))
+
+    for m in container.get("volumeMounts") or []:
+        v = volumes.get(m.get("name"))
+        if v is None:
+            continue
+        mount = m.get("mountPath", "")
+        if "subPath" in m or "subPathExpr" in m:
+            continue  # reported by the caller: a subPath mount is never updated in place
+        if "configMap" in v:
+            add(mount, "ConfigMap", v["configMap"])
+        if "secret" in v:
+            s = v["secret"]
+            add(mount, "Secret", {"name": s.get("secretName"), **s})
+        for src in (v.get("projected") or {}).get("sources") or []:
+            if "configMap" in src:
+                add(mount, "ConfigMap", src["configMap"])
+            if "secret" in src:
+                add(mount, "Secret", src["secret"])
+    return out
+
+
+def data_keys(doc):
+    return set((doc.get("data") or {}).keys()) | set((doc.get("stringData") or {}).keys())
+
+
+def check_structure(variant, docs):
+    """Everything that makes the pod route and run as documented. Returns a list of problems."""
+    e = []
+    dep = one(docs, "Deployment", e, variant)
+    svc = one(docs, "Service", e, variant)
+    cms = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "ConfigMap"}
+    secrets = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "Secret"}
+    if dep is None or svc is None:
+        return e
+    tpl = dep["spec"]["template"]
+    pod = tpl["spec"]
+    labels = tpl.get("metadata", {}).get("labels") or {}
+    annotations = tpl.get("metadata", {}).get("annotations") or {}
+    inits = pod.get("initContainers") or []
+    mains = pod.get("containers") or []
+    everyone = inits + mains
+
+    # -- which container is which
+    def is_sidecar(c):
+        return c.get("image", "").split("/")[-1].split(":")[0].split("@")[0] == SIDECAR_IMAGE
+
+    sidecars = [c for c in everyone if is_sidecar(c)]
+    apps = [c for c in mains if not is_sidecar(c)]
+    if len(sidecars) != 1 or len(apps) != 1:
+        e.append(f"{variant}: expected one pps-sidecar container and one app container, "
+                 f"found {len(sidecars)} and {len(apps)}")
+        return e
+    side, app = sidecars[0], apps[0]
+    if variant == "native-sidecar":
+        if side not in inits or side.get("restartPolicy") != "Always":
+            e.append(f"{variant}: the sidecar must be an init container with restartPolicy: Always")
+    else:
+        if side not in mains or "restartPolicy" in side or inits:
+            e.append(f"{variant}: the sidecar must be a plain container (no restartPolicy, no init containers)")
+    if side.get("args") != SIDECAR_ARGS:
+        e.append(f"{variant}: sidecar args must be {SIDECAR_ARGS}, not {side.get('args')}")
+    if side.get("image") != "pps-sidecar:latest":
+        e.append(f"{variant}: sidecar image must be pps-sidecar:latest (users substitute their own)")
+
+    # -- the configuration the sidecar will read
+    def keys(kind, name):
+        obj = (cms if kind == "ConfigMap" else secrets).get(name)
+        return data_keys(obj) if obj else set()
+
+    files = mounted_files(pod, side, keys)
+    for c in everyone:
+        for m in c.get("volumeMounts") or []:
+            if "subPath" in m or "subPathExpr" in m:
+                e.append(f"{variant}: {c['name']} mounts {m.get('mountPath')} with subPath: "
+                         "it would never see ConfigMap/Secret updates")
+            if c is side and not m.get("readOnly"):
+                e.append(f"{variant}: sidecar mount {m.get('mountPath')} must be readOnly")
+    src = files.get(CONFIG_PATH)
+    if src is None or src[0] != "ConfigMap" or src[1] not in cms:
+        e.append(f"{variant}: {CONFIG_PATH} is not mounted from a ConfigMap of this variant")
+        return e
+    cm = cms[src[1]]
+    text = (cm.get("data") or {}).get(src[2])
+    if text is None:
+        e.append(f"{variant}: ConfigMap {src[1]} has no key {src[2]}")
+        return e
+    try:
+        conf = toml_loads(text)
+    except Exception as ex:  # noqa: BLE001 - any parse error is the finding
+        e.append(f"{variant}: ConfigMap {src[1]} {src[2]} is not TOML: {ex}")
+        return e
+    server, upstream = conf.get("server", {}), conf.get("upstream", {})
+    _, listen = host_port(server.get("listen", "0.0.0.0:8080"))
+    _, admin = host_port(server.get("admin_listen", "0.0.0.0:9090"))
+    app_host, app_port = host_port(upstream.get("address", ""))
+    grace = server.get("shutdown_grace_seconds")
+    if app_host not in LOOPBACK_HOSTS:
+        e.append(f"{variant}: upstream.address {upstream.get('address')!r} must be a loopback address")
+    if len({listen, admin, app_port}) != 3:
+        e.append(f"{variant}: listen ({listen}), admin_listen ({admin}) and the app ({app_port}) must differ")
+    if grace != 25:
+        e.append(f"{variant}: server.shutdown_grace_seconds must be 25, is {grace}")
+    secret_specs = conf.get("auth", {}).get("hmac", {}).get("secrets")
+    if not secret_specs:
+        e.append(f"{variant}: auth.hmac.secrets is empty")
+    for i, s in enumerate(secret_specs or []):
+        f = s.get("file")
+        if f is None:
+            e.append(f"{variant}: auth.hmac.secrets[{i}] must be a file mounted from the Secret")
+            continue
+        got = files.get(os.path.normpath(f))
+        if got is None or got[0] != "Secret":
+            e.append(f"{variant}: auth.hmac.secrets[{i}].file {f} is not mounted from a Secret")
+        elif got[3]:
+            e.append(f"{variant}: auth.hmac.secrets[{i}].file {f} comes from an optional item")
+        elif got[1] not in secrets or got[2] not in data_keys(secrets[got[1]]):
+            e.append(f"{variant}: auth.hmac.secrets[{i}].file {f}: Secret {got[1]} key {got[2]} is not defined")
+
+    # -- ports: where the Service and the probes land
+    def container_port(c, name_or_number):
+        for p in c.get("ports") or []:
+            if name_or_number in (p.get("name"), p.get("containerPort")):
+                return p.get("containerPort")
+        return None
+
+    if container_port(side, "webhooks") != listen:
+        e.append(f"{variant}: sidecar port `webhooks` must be server.listen's port {listen}")
+    if container_port(side, "admin") != admin:
+        e.append(f"{variant}: sidecar port `admin` must be server.admin_listen's port {admin}")
+    for c in everyone:
+        for p in c.get("ports") or []:
+            if p.get("containerPort") == app_port:
+                e.append(f"{variant}: {c['name']} declares the app's port {app_port}")
+    if app.get("ports"):
+        e.append(f"{variant}: the app container must declare no ports (it is reachable only via the sidecar)")
+    listen_env = {v.get("name"): v.get("value") for v in app.get("env") or []}.get("APP_LISTEN")
+    if listen_env != upstream.get("address"):
+        e.append(f"{variant}: the app's APP_LISTEN ({listen_env}) must be upstream.address "
+                 f"({upstream.get('address')})")
+
+    selector = (svc.get("spec") or {}).get("selector") or {}
+    if not selector or any(labels.get(k) != v for k, v in selector.items()):
+        e.append(f"{variant}: the Service selector {selector} does not select the pod {labels}")
+    match = (dep["spec"].get("selector") or {}).get("matchLabels") or {}
+    if not match or any(labels.get(k) != v for k, v in match.items()):
+        e.append(f"{variant}: the Deployment selector {match} does not match its pod {labels}")
+    ports = (svc.get("spec") or {}).get("ports") or []
+    if not ports:
+        e.append(f"{variant}: the Service has no ports")
+    for p in ports:
+        target = p.get("targetPort", p.get("port"))
+        owners = [c for c in everyone if container_port(c, target) is not None]
+        number = container_port(owners[0], target) if owners else target if isinstance(target, int) else None
+        if owners != [side] or number != listen:
+            e.append(f"{variant}: Service port {p.get('port')} targets {target!r} ({number}), "
+                     f"not the sidecar's webhook port {listen}")
+        if number == app_port:
+            e.append(f"{variant}: Service port {p.get('port')} targets the app's port {app_port}")
+
+    for kind, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        probe = (side.get(kind) or {}).get("httpGet")
+        if probe is None:
+            e.append(f"{variant}: sidecar has no httpGet {kind}")
+            continue
+        if probe.get("path") != path:
+            e.append(f"{variant}: sidecar {kind} must GET {path}, not {probe.get('path')}")
+        if container_port(side, probe.get("port")) != admin:
+            e.append(f"{variant}: sidecar {kind} port {probe.get('port')!r} is not the admin port {admin}")
+
+    want = {"prometheus.io/scrape": "true", "prometheus.io/port": str(admin), "prometheus.io/path": "/metrics"}
+    for k, v in want.items():
+        if annotations.get(k) != v:
+            e.append(f"{variant}: pod annotation {k} must be {v!r}, is {annotations.get(k)!r}")
+
+    # -- lifecycle, security, resources
+    tgps = pod.get("terminationGracePeriodSeconds")
+    if tgps != 30 or (isinstance(grace, int) and tgps <= grace):
+        e.append(f"{variant}: terminationGracePeriodSeconds must be 30, above shutdown_grace_seconds ({grace})")
+    pod_sc = pod.get("securityContext") or {}
+    for c in (side, app):
+        sc = c.get("securityContext") or {}
+        expect = {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "readOnlyRootFilesystem": True,
+                  "allowPrivilegeEscalation": False}
+        for k, v in expect.items():
+            if sc.get(k) != v:
+                e.append(f"{variant}: {c['name']} securityContext.{k} must be {v}, is {sc.get(k)}")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []) or caps.get("add"):
+            e.append(f"{variant}: {c['name']} must drop ALL capabilities and add none")
+        if sc.get("privileged"):
+            e.append(f"{variant}: {c['name']} must not be privileged")
+        seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+        if seccomp != "RuntimeDefault":
+            e.append(f"{variant}: {c['name']} seccompProfile must be RuntimeDefault, is {seccomp}")
+    res = side.get("resources") or {}
+    for r in ("cpu", "memory"):
+        req = quantity((res.get("requests") or {}).get(r))
+        lim = quantity((res.get("limits") or {}).get(r))
+        if req is None or lim is None or req > lim:
+            e.append(f"{variant}: sidecar needs resources.requests.{r} <= resources.limits.{r}")
+    return e
+
+
+# ---- Dockerfiles ----------------------------------------------------------------------------------
+
+
+def check_dockerfiles():
+    e = []
+
+    def instructions(path):
+        with open(path) as f:
+            text = re.sub(r"\\\n", " ", f.read())
+        return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+    root = instructions(os.path.join(REPO, "Dockerfile"))
+    froms = [i for i in root if i.upper().startswith("FROM ")]
+    if len(froms) != 2 or not froms[0].startswith("FROM rust:1-bookworm"):
+        e.append("Dockerfile: expected a rust:1-bookworm build stage and a runtime stage")
+    if not froms or froms[-1].split()[1] != "gcr.io/distroless/cc-debian12:nonroot":
+        e.append("Dockerfile: the runtime stage must be gcr.io/distroless/cc-debian12:nonroot")
+    runtime = root[root.index(froms[-1]):] if froms else []
+    build = root[:root.index(froms[-1])] if froms else []
+    if not any(".ci/build-release" in i for i in build if i.upper().startswith("RUN ")):
+        e.append("Dockerfile: the build stage must run .ci/build-release")
+    if "USER nonroot" not in runtime:
+        e.append("Dockerfile: the runtime stage must end as USER nonroot")
+    exposed = {p for i in runtime if i.upper().startswith("EXPOSE ") for p in i.split()[1:]}
+    if not {"8080", "9090"} <= exposed:
+        e.append(f"Dockerfile: must EXPOSE 8080 9090, exposes {sorted(exposed)}")
+    entry = [i for i in runtime if i.upper().startswith("ENTRYPOINT ")]
+    copied = [i.split()[-1] for i in runtime if i.upper().startswith("COPY ")]
+    if len(entry) != 1 or not any(f'["{c}"]' in entry[0] for c in copied):
+        e.append("Dockerfile: ENTRYPOINT must be the binary copied into the runtime stage")
+
+    app = instructions(os.path.join(REPO, "examples", "legacy-app", "Dockerfile"))
+    if not app or app[0] != "FROM python:3.12-slim":
+        e.append("examples/legacy-app/Dockerfile: must be FROM python:3.12-slim")
+    users = [i.split()[1] for i in app if i.upper().startswith("USER ")]
+    if not users or users[-1].split(":")[0] != str(RUN_AS_USER):
+        e.append(f"examples/legacy-app/Dockerfile: must run as USER {RUN_AS_USER} (the pod's runAsUser)")
+    if not any(i.startswith("CMD ") and "app.py" in i for i in app):
+        e.append("examples/legacy-app/Dockerfile: CMD must run app.py")
+    with open(os.path.join(REPO, ".dockerignore")) as f:
+        ignored = {ln.strip().rstrip("/") for ln in f if ln.strip()}
+    if not {"target", ".git"} <= ignored:
+        e.append(".dockerignore: must ignore target/ and .git")
+    return e
+
+
+# ---- the whole check ------------------------------------------------------------------------------
+
+
+def all_yaml_files():
+    out = []
+    for d, _, fs in os.walk(HERE):
+        out.extend(os.path.join(d, f) for f in fs if f.endswith((".yaml", ".yml")))
+    return sorted(out)
+
+
+def run_checks(mutate=None, quiet=False):
+    """Returns (problems, summary lines). `mutate(variant, docs)` may alter the rendered documents first."""
+    errors, summary = [], []
+    reached, validated = set(), 0
+    renders = {}
+    for variant in VARIANTS:
+        r = render(variant, errors)
+        renders[variant] = r
+        reached.update(r.files)
+    # Every manifest file belongs to some variant: a forgotten file would be silently never applied.
+    for f in all_yaml_files():
+        if os.path.basename(f) != "kustomization.yaml" and f not in reached:
+            errors.append(f"{rel(f)}: not listed in any kustomization.yaml")
+
+    for variant, r in renders.items():
+        docs = [copy.deepcopy(d) for _, d in r.docs]
+        if mutate is not None:
+            mutate(variant, docs)
+        versions = schema_versions(oldest_too=variant == "two-containers")
+        problems = []
+        for (f, _), doc in zip(r.docs, docs):
+            label = f"{rel(f)} {doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
+            problems.extend(schema_errors(label, doc, versions))
+            validated += len(versions)
+        problems.extend(check_structure(variant, docs))
+        errors.extend(problems)
+        if not problems:
+            summary.append(f"{variant}: ok ({len(docs)} documents; schemas {', '.join(versions)})")
+    errors.extend(check_dockerfiles())
+    summary.append(f"{validated} schema validations")
+    return list(dict.fromkeys(errors)), summary
+
+
+def print_config():
+    (cm,) = [d for d in load_docs(os.path.join(HERE, "base", "configmap.yaml")) if d.get("kind") == "ConfigMap"]
+    sys.stdout.write(cm["data"]["sidecar.toml"])
+
+
+# ---- self-test: each of these breaks must be caught -----------------------------------------------
+
+
+def pod(docs):
+    return next(d for d in docs if d.get("kind") == "Deployment")["spec"]["template"]["spec"]
+
+
+def sidecar(docs):
+    p = pod(docs)
+    return next(c for c in (p.get("initContainers") or []) + p["containers"] if c["name"] == "pps-sidecar")
+
+
+def app(docs):
+    return next(c for c in pod(docs)["containers"] if c["name"] == "app")
+
+
+def service(docs):
+    return next(d for d in docs if d.get("kind") == "Service")
+
+
+def configmap(docs):
+    return next(d for d in docs if d.get("kind") == "ConfigMap")
+
+
+def toml_edit(old, new):
+    def f(docs):
+        cm = configmap(docs)
+        assert old in cm["data"]["sidecar.toml"], old
+        cm["data"]["sidecar.toml"] = cm["data"]["sidecar.toml"].replace(old, new)
+    return f
+
+
+def setter(get, key, value):
+    def f(docs):
+        get(docs)[key] = value
+    return f
+
+
+def drop_key(get, key):
+    def f(docs):
+        get(docs).pop(key)
+    return f
+
+
+BREAKS = [
+    # (what, variants or None for all, mutation, text the report must contain)
+    ("Service targets the app's port", None,
+     lambda d: service(d)["spec"]["ports"][0].update(targetPort=3000), "app's port 3000"),
+    ("Service targets the admin port", None,
+     lambda d: service(d)["spec"]["ports"][0].update(targetPort="admin"), "not the sidecar's webhook port"),
+    ("Service selects other pods", None,
+     lambda d: service(d)["spec"].update(selector={"app": "other"}), "does not select the pod"),
+    ("the app declares its port", None,
+     lambda d: app(d).update(ports=[{"name": "http", "containerPort": 3000}]), "declares the app's port 3000"),
+    ("the app listens on all interfaces", None,
+     lambda d: app(d)["env"][0].update(value="0.0.0.0:3000"), "APP_LISTEN"),
+    ("the config points at a remote app", None,
+     toml_edit('address = "127.0.0.1:3000"', 'address = "10.0.0.5:3000"'), "loopback"),
+    ("webhook port name is on the wrong number", None,
+     lambda d: sidecar(d)["ports"][0].update(containerPort=8081), "port `webhooks`"),
+    ("liveness probe on the webhook port", None,
+     lambda d: sidecar(d)["livenessProbe"]["httpGet"].update(port="webhooks"), "livenessProbe port"),
+    ("readiness probe on /healthz", None,
+     lambda d: sidecar(d)["readinessProbe"]["httpGet"].update(path="/healthz"), "readinessProbe must GET"),
+    ("readiness probe by number on the app's port", None,
+     lambda d: sidecar(d)["readinessProbe"]["httpGet"].update(port=3000), "readinessProbe port"),
+    ("no readiness probe", None, drop_key(sidecar, "readinessProbe"), "no httpGet readinessProbe"),
+    ("native sidecar without restartPolicy", ["native-sidecar"],
+     drop_key(sidecar, "restartPolicy"), "restartPolicy: Always"),
+    ("plain sidecar with restartPolicy", ["two-containers"],
+     setter(sidecar, "restartPolicy", "Always"), "plain container"),
+    ("writable root file system for the app", None,
+     lambda d: app(d)["securityContext"].update(readOnlyRootFilesystem=False), "readOnlyRootFilesystem"),
+    ("the sidecar as root", None,
+     lambda d: sidecar(d)["securityContext"].update(runAsUser=0), "runAsUser"),
+    ("capabilities kept", None,
+     lambda d: sidecar(d)["securityContext"].pop("capabilities"), "drop ALL capabilities"),
+    ("privilege escalation allowed", None,
+     lambda d: app(d)["securityContext"].update(allowPrivilegeEscalation=True), "allowPrivilegeEscalation"),
+    ("no sidecar limits", None,
+     lambda d: sidecar(d)["resources"].pop("limits"), "resources.limits"),
+    ("grace period shorter than the drain", None,
+     lambda d: pod(d).update(terminationGracePeriodSeconds=20), "terminationGracePeriodSeconds"),
+    ("drain not configured", None,
+     toml_edit("shutdown_grace_seconds = 25", "shutdown_grace_seconds = 60"), "shutdown_grace_seconds"),
+    ("secret file not mounted", None,
+     toml_edit("/etc/pps-sidecar/secrets/hmac", "/etc/pps-sidecar/secret/hmac"), "is not mounted from a Secret"),
+    ("secret from the environment instead of the mounted Secret", None,
+     toml_edit('secrets = [{ file = "/etc/pps-sidecar/secrets/hmac" }]', 'secrets = [{ env = "X" }]'),
+     "must be a file"),
+    ("config mounted with subPath", None,
+     lambda d: sidecar(d)["volumeMounts"][0].update(subPath="sidecar.toml"), "subPath"),
+    ("wrong sidecar args", None,
+     setter(sidecar, "args", ["run"]), "sidecar args"),
+    ("Prometheus scrapes the webhook port", None,
+     lambda d: next(x for x in d if x["kind"] == "Deployment")["spec"]["template"]["metadata"]["annotations"]
+     .update({"prometheus.io/port": "8080"}), "prometheus.io/port"),
+    # Schema: strict validation rejects unknown fields and wrong types.
+    ("a misspelt field", None,
+     lambda d: sidecar(d).update(restartPolcy="Always"), "restartPolcy"),
+    ("a port number as a string", None,
+     lambda d: sidecar(d)["ports"][1].update(containerPort="9090"), "invalid for Kubernetes"),
+    ("a protocol that is not a string", None,
+     lambda d: service(d)["spec"]["ports"][0].update(protocol=6), "invalid for Kubernetes"),
+]
+
+
+def self_test():
+    problems, _ = run_checks()
+    if problems:
+        sys.exit("self-test: the manifests as they are already fail:\n" + "\n".join(problems))
+    missed = []
+    caught = 0
+    for what, variants, mutation, expect in BREAKS:
+        for variant in variants or VARIANTS:
+            def mutate(v, docs, mutation=mutation, variant=variant):
+                if v == variant:
+                    mutation(docs)
+
+            problems, _ = run_checks(mutate)
+            if not any(expect in p for p in problems):
+                missed.append(f"{variant}: {what}: no problem mentioning {expect!r} in {problems}")
+            else:
+                caught += 1
+    if missed:
+        sys.exit("self-test: breaks that were not caught:\n" + "\n".join(missed))
+    print(f"self-test: {caught} breaks caught")
+
+
+def main():
+    bootstrap()
+    args = sys.argv[1:]
+    if args == ["--print-config"]:
+        return print_config()
+    if args == ["--self-test"]:
+        return self_test()
+    if args:
+        sys.exit(__doc__)
+    problems, summary = run_checks()
+    for line in summary:
+        print(line)
+    if problems:
+        print(f"{len(problems)} problem(s):", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        sys.exit(1)
+    print("k8s manifests and Dockerfiles: ok")
+
+
+if __name__ == "__main__":
+    main()

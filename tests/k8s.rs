@@ -1,0 +1,339 @@
+//! The Kubernetes packaging (k8s/, the Dockerfiles): the manifests are validated by `k8s/check.py` (schemas
+//! of Kubernetes 1.29 and later, and the routing, probe, mount and security rules), and the pod's own
+//! configuration, taken from the ConfigMap, drives the real binary in front of the real example app.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// Runs `python3 k8s/check.py ARGS`; returns (exit code, stdout, stderr).
+fn check_py(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("python3")
+        .arg(repo_path("k8s/check.py"))
+        .args(args)
+        .current_dir(repo_path(""))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3 k8s/check.py");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `sidecar.toml` literal block of k8s/base/configmap.yaml: the file the pod sees at
+/// /etc/pps-sidecar/sidecar.toml.
+fn configmap_toml() -> String {
+    let yaml = std::fs::read_to_string(repo_path("k8s/base/configmap.yaml")).unwrap();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut lines = yaml.lines();
+    let key = lines
+        .by_ref()
+        .find(|l| l.trim_start().starts_with("sidecar.toml:"))
+        .expect("k8s/base/configmap.yaml has no sidecar.toml key");
+    assert_eq!(
+        key.trim(),
+        "sidecar.toml: |",
+        "the TOML is kept as a literal block"
+    );
+    let mut block = None;
+    let mut out = String::new();
+    let mut blanks = 0;
+    for line in lines {
+        if line.trim().is_empty() {
+            blanks += 1;
+            continue;
+        }
+        if indent(line) <= indent(key) {
+            break;
+        }
+        let at = *block.get_or_insert(indent(line));
+        assert!(indent(line) >= at, "badly indented TOML line: {line:?}");
+        out.push_str(&"\n".repeat(blanks));
+        blanks = 0;
+        out.push_str(&line[at..]);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn manifests_validate_and_route_webhooks_through_the_sidecar() {
+    let (code, out, err) = check_py(&[]);
+    assert_eq!(code, 0, "k8s/check.py failed:\n{out}\n{err}");
+    // Both variants were rendered and checked, against 1.29 and the newest schemas bundled.
+    for variant in ["native-sidecar", "two-containers"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{variant}: ok")))
+            .unwrap_or_else(|| panic!("no verdict for {variant}:\n{out}"));
+        assert!(line.contains("1.29"), "{line}");
+    }
+    assert!(out.contains("k8s manifests and Dockerfiles: ok"), "{out}");
+
+    // The e2e test below reads the ConfigMap with a few lines of Rust: they agree with a YAML parser.
+    let (code, printed, err) = check_py(&["--print-config"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(printed, configmap_toml());
+}
+
+#[test]
+fn manifest_checks_catch_broken_manifests() {
+    // Each known way to break the pod (the Service on the app's port, a probe on the webhook port, a
+    // writable root file system, a misspelt field...) is applied in memory and must be reported.
+    let (code, out, err) = check_py(&["--self-test"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let caught: usize = out
+        .trim()
+        .strip_prefix("self-test: ")
+        .and_then(|s| s.strip_suffix(" breaks caught"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected output: {out}"));
+    assert!(caught >= 40, "{out}");
+}
+
+// ---- the pod on loopback ----------------------------------------------------------------------
+
+/// A child process, killed when dropped; its output goes to `log`.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, cmd: &mut Command, dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Proc { name, child, log }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("{} exited with {status}:\n{}", self.name, self.output());
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- {} output ----\n{}", self.name, self.output());
+        }
+    }
+}
+
+/// Replaces the pod's value at `path` by this machine's, checking first that the manifest still says what
+/// the mapping expects.
+fn remap(conf: &mut toml::Table, path: &[&str], pod: &str, here: String) {
+    let (last, tables) = path.split_last().unwrap();
+    let mut t = conf;
+    for k in tables {
+        t = t.get_mut(*k).and_then(|v| v.as_table_mut()).unwrap();
+    }
+    assert_eq!(
+        t.get(*last).and_then(|v| v.as_str()),
+        Some(pod),
+        "the ConfigMap's {} is no longer {pod}: update the mapping here and in k8s/README.md",
+        path.join(".")
+    );
+    t.insert(last.to_string(), toml::Value::String(here));
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Option<Resp> {
+    tokio::net::TcpStream::connect(addr).await.ok()?;
+    Some(
+        send(
+            addr,
+            format!("GET {path} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await,
+    )
+}
+
+/// Polls until `proc`'s output contains `needle`.
+async fn output_with(proc: &mut Proc, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let out = proc.output();
+        if out.contains(needle) {
+            return out;
+        }
+        proc.assert_running();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never printed {needle:?}:\n{out}",
+            proc.name
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn metric(text: &str, series: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn pod_config_from_the_configmap_processes_signed_forged_and_duplicate_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // The pod, mapped to loopback as k8s/README.md describes: the sidecar's 0.0.0.0:8080 and 0.0.0.0:9090
+    // and the app's 127.0.0.1:3000 become free loopback ports, and the Secret mounted at
+    // /etc/pps-sidecar/secrets/hmac becomes a file in a temporary folder. Nothing else changes.
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let app: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let secret_file = dir.path().join("secrets").join("hmac");
+    std::fs::create_dir_all(secret_file.parent().unwrap()).unwrap();
+    // As `kubectl create secret generic pps-webhook-secret --from-literal=hmac=...` stores it.
+    std::fs::write(&secret_file, SECRET).unwrap();
+
+    let mut conf: toml::Table = configmap_toml().parse().expect("the ConfigMap's TOML");
+    remap(
+        &mut conf,
+        &["server", "listen"],
+        "0.0.0.0:8080",
+        listen.to_string(),
+    );
+    remap(
+        &mut conf,
+        &["server", "admin_listen"],
+        "0.0.0.0:9090",
+        admin.to_string(),
+    );
+    remap(
+        &mut conf,
+        &["upstream", "address"],
+        "127.0.0.1:3000",
+        app.to_string(),
+    );
+    let secrets = conf["auth"]["hmac"]["secrets"].as_array_mut().unwrap();
+    assert_eq!(secrets.len(), 1, "{secrets:?}");
+    let secret = secrets[0].as_table_mut().unwrap();
+    assert_eq!(secret.len(), 1, "{secret:?}");
+    remap(
+        secret,
+        &["file"],
+        "/etc/pps-sidecar/secrets/hmac",
+        secret_file.to_str().unwrap().to_string(),
+    );
+    let config = dir.path().join("sidecar.toml");
+    std::fs::write(&config, toml::to_string(&conf).unwrap()).unwrap();
+
+    let (code, out, err) = run_cli(&["check", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(
+        code, 0,
+        "pps-sidecar check refuses the pod's config:\n{out}{err}"
+    );
+
+    // The example app, as its image runs it (APP_LISTEN, as the Deployment sets it), and the sidecar, as
+    // the Deployment runs it.
+    let mut app_proc = Proc::spawn(
+        "legacy-app",
+        Command::new("python3")
+            .arg(repo_path("examples/legacy-app/app.py"))
+            .env("APP_LISTEN", app.to_string())
+            .env("PYTHONUNBUFFERED", "1"),
+        dir.path(),
+    );
+    let mut sidecar = Proc::spawn(
+        "pps-sidecar",
+        Command::new(binary())
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_remove("PPS_WEBHOOK_SECRET")
+            .env("RUST_LOG", "info"),
+        dir.path(),
+    );
+
+    // What the readiness probe waits for: /readyz says 200 once the config is loaded and the app accepts
+    // connections.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        app_proc.assert_running();
+        sidecar.assert_running();
+        let ready = matches!(get(admin, "/readyz").await, Some(r) if r.status == 200);
+        if ready && tokio::net::TcpStream::connect(listen).await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pod never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health = get(admin, "/healthz").await.unwrap();
+    assert_eq!(health.status, 200, "liveness: {}", health.text());
+
+    // A signed delivery: processed by the app.
+    let signed = Delivery::json();
+    let r = send(listen, &signed.bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains("\"ok\": true"),
+        "the app's answer: {}",
+        r.text()
+    );
+    assert_eq!(r.get("X-Pps-Duplicate"), None);
+    let line = format!("processed orders/placed id={}", signed.id());
+    let out = output_with(&mut app_proc, &line).await;
+    let processed = out.lines().find(|l| l.contains(&line)).unwrap();
+    assert!(processed.contains("tenant=OU1243"), "{processed}");
+    assert!(processed.contains("verified=hmac"), "{processed}");
+    assert!(
+        processed.contains("at=2024-01-01T10:00:00.7777748Z"),
+        "{processed}"
+    );
+
+    // A forged delivery: refused, the app never sees it.
+    let forged = Delivery::json().sign_with("not-the-secret");
+    let r = send(listen, &forged.bytes()).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    // The same signed delivery again: answered from the cache.
+    let r = send(listen, &signed.bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.get("X-Pps-Duplicate"), Some("true"));
+
+    // The app, asked directly on its loopback port, saw exactly one delivery.
+    let orders = get(app, "/orders").await.expect("the app answers");
+    assert_eq!(orders.text().trim(), r#"{"orders": 1}"#);
+    let out = app_proc.output();
+    assert_eq!(out.matches("processed ").count(), 1, "{out}");
+    assert!(!out.contains(&forged.id()), "{out}");
+
+    // And the metrics Prometheus scrapes (the pod's annotations: admin port, /metrics) count all three.
+    let m = get(admin, "/metrics").await.unwrap();
+    assert_eq!(m.status, 200);
+    let m = m.text();
+    for (outcome, n) in [
+        ("forwarded", "1"),
+        ("unauthorized", "1"),
+        ("duplicate", "1"),
+    ] {
+        let series = format!("pps_sidecar_requests_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(metric(&m, &series), n, "{series}");
+    }
+    sidecar.assert_running();
+}
