@@ -19,6 +19,9 @@ use crate::forward::{App, AppFailure};
 use crate::headers::{self, Delivery, Forwarding};
 use crate::metrics::{InFlight, METRICS};
 
+/// App answers up to this size are read whole before they are relayed.
+const RELAY_BUFFER: usize = 64 * 1024;
+
 /// How a request ended, for the access log and `pps_sidecar_requests_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -410,8 +413,38 @@ impl Sidecar {
         if let Some(guard) = claim {
             guard.settle(ctx.status).await;
         }
-        let resp = headers::downstream_response(exchange.header());
+        let mut resp = headers::downstream_response(exchange.header());
+
+        // The app's answer is read before it is relayed, so that its connection is back in the pool by
+        // the time the sender, having read the answer, sends its next delivery. Answers too large to hold
+        // are streamed instead.
+        let mut body = BytesMut::new();
+        let mut complete = false;
+        while body.len() <= RELAY_BUFFER {
+            match exchange.body_chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => {
+                    complete = true;
+                    break;
+                }
+                Err(e) => {
+                    // Nothing was relayed yet: the sender gets a 5xx and retries; a 2xx already
+                    // committed answers that retry as a duplicate.
+                    log::warn!("app response body failed: {}", e.etype().as_str());
+                    return Err(e);
+                }
+            }
+        }
+        if complete {
+            live.app.finish(exchange).await;
+            resp.remove_header("transfer-encoding");
+            resp.insert_header("Content-Length", body.len().to_string())?;
+            session.write_response_header(Box::new(resp), false).await?;
+            return session.write_response_body(Some(body.freeze()), true).await;
+        }
+
         session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body.freeze()), false).await?;
         loop {
             match exchange.body_chunk().await {
                 Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,

@@ -445,3 +445,14 @@ async fn logs_never_contain_the_secret_signature_or_body() {
         assert!(!log.contains(needle), "log leaks {needle}:\n{log}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_deliveries_reuse_one_connection_to_the_app() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    for _ in 0..5 {
+        assert_eq!(sidecar.send(&Delivery::json()).await.status, 200);
+    }
+    let conns: Vec<usize> = app.requests().iter().map(|r| r.conn).collect();
+    assert_eq!(conns, vec![0; 5], "every delivery on the first connection");
+}

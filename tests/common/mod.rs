@@ -24,6 +24,8 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 /// A request as the app received it, header names in their wire case.
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    /// Which of the app's connections carried it, numbered from 0 in order of acceptance.
+    pub conn: usize,
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
@@ -92,11 +94,11 @@ impl TestApp {
         });
         let st = state.clone();
         tokio::spawn(async move {
-            loop {
+            for conn in 0.. {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                tokio::spawn(serve_conn(stream, st.clone()));
+                tokio::spawn(serve_conn(stream, conn, st.clone()));
             }
         });
         TestApp { addr, state }
@@ -128,12 +130,13 @@ impl TestApp {
     }
 }
 
-async fn serve_conn(stream: TcpStream, state: Arc<AppState>) {
+async fn serve_conn(stream: TcpStream, conn: usize, state: Arc<AppState>) {
     let mut reader = BufReader::new(stream);
     loop {
-        let Some(req) = read_request(&mut reader).await else {
+        let Some(mut req) = read_request(&mut reader).await else {
             return;
         };
+        req.conn = conn;
         state.requests.lock().unwrap().push(req);
         state.count.send_modify(|c| *c += 1);
         let behaviour = *state.behaviour.lock().unwrap();
@@ -175,6 +178,7 @@ async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Recorded> {
     let headers = read_headers(reader).await?;
     let body = read_body(reader, &headers, false).await?;
     Some(Recorded {
+        conn: 0,
         method,
         path,
         headers,
