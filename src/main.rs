@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use pps_sidecar::auth::hmac;
+
+/// glibc's malloc showed as a tenth of the delivery path's CPU in profiles; mimalloc's thread-local
+/// free lists make the many small per-request allocations (headers, buffers) cheap.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use pps_sidecar::config::{Config, Method};
 
 /// Verifies, deduplicates and normalises Pitchpoint webhooks in front of an app.

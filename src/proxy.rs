@@ -444,7 +444,9 @@ impl Sidecar {
         }
 
         session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body.freeze()), false).await?;
+        session
+            .write_response_body(Some(body.freeze()), false)
+            .await?;
         loop {
             match exchange.body_chunk().await {
                 Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,

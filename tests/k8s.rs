@@ -324,16 +324,25 @@ async fn pod_config_from_the_configmap_processes_signed_forged_and_duplicate_del
     assert!(!out.contains(&forged.id()), "{out}");
 
     // And the metrics Prometheus scrapes (the pod's annotations: admin port, /metrics) count all three.
-    let m = get(admin, "/metrics").await.unwrap();
-    assert_eq!(m.status, 200);
-    let m = m.text();
-    for (outcome, n) in [
-        ("forwarded", "1"),
-        ("unauthorized", "1"),
-        ("duplicate", "1"),
-    ] {
-        let series = format!("pps_sidecar_requests_total{{outcome=\"{outcome}\"}}");
-        assert_eq!(metric(&m, &series), n, "{series}");
-    }
+    // Counted just after each answer is written: poll until all three are in.
+    eventually("the metrics count all three", || async {
+        let Some(m) = get(admin, "/metrics").await else {
+            return false;
+        };
+        let m = m.text();
+        [
+            ("forwarded", "1"),
+            ("unauthorized", "1"),
+            ("duplicate", "1"),
+        ]
+        .iter()
+        .all(|(outcome, n)| {
+            metric(
+                &m,
+                &format!("pps_sidecar_requests_total{{outcome=\"{outcome}\"}}"),
+            ) == *n
+        })
+    })
+    .await;
     sidecar.assert_running();
 }

@@ -66,6 +66,12 @@ async fn request_counters_move_by_exactly_one_per_outcome() {
     app.set(Behaviour::Answer(500));
     assert_eq!(sidecar.send(&Delivery::json()).await.status, 500);
 
+    // Counted just after each answer is written: wait for the last one, then compare them all.
+    let moved = |text: &str, o: &str| metric(text, &series(o)) - metric(&before, &series(o));
+    eventually("the last request is counted", || async {
+        moved(&metrics(&sidecar).await, "upstream_error") >= 1.0
+    })
+    .await;
     let after = metrics(&sidecar).await;
     for o in outcomes {
         let expected = if ["bad_request", "filtered", "not_found"].contains(&o) {
@@ -73,11 +79,7 @@ async fn request_counters_move_by_exactly_one_per_outcome() {
         } else {
             1.0
         };
-        assert_eq!(
-            metric(&after, &series(o)) - metric(&before, &series(o)),
-            expected,
-            "{o}"
-        );
+        assert_eq!(moved(&after, o), expected, "{o}");
     }
     assert_eq!(
         metric(
