@@ -415,53 +415,49 @@ impl Sidecar {
         }
         let mut resp = headers::downstream_response(exchange.header());
 
-        // The app's answer is read before it is relayed, so that its connection is back in the pool by
-        // the time the sender, having read the answer, sends its next delivery. Answers too large to hold
-        // are streamed instead.
-        let mut body = BytesMut::new();
-        let mut complete = false;
-        while body.len() <= RELAY_BUFFER {
-            match exchange.body_chunk().await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                Ok(None) => {
-                    complete = true;
-                    break;
-                }
-                Err(e) => {
-                    // Nothing was relayed yet: the sender gets a 5xx and retries; a 2xx already
-                    // committed answers that retry as a duplicate.
-                    log::warn!("app response body failed: {}", e.etype().as_str());
-                    return Err(e);
-                }
-            }
-        }
-        if complete {
-            live.app.finish(exchange).await;
-            resp.remove_header("transfer-encoding");
-            resp.insert_header("Content-Length", body.len().to_string())?;
-            session.write_response_header(Box::new(resp), false).await?;
-            return session.write_response_body(Some(body.freeze()), true).await;
-        }
-
-        session.write_response_header(Box::new(resp), false).await?;
-        session
-            .write_response_body(Some(body.freeze()), false)
-            .await?;
+        // The app's answer is held until it is complete, so that its connection is back in the pool by the
+        // time the sender, having read the answer, sends its next delivery. An answer larger than
+        // RELAY_BUFFER is streamed from the point it outgrows the buffer.
+        let mut held = Some(BytesMut::new());
         loop {
-            match exchange.body_chunk().await {
-                Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
-                Ok(None) => break,
+            let chunk = match exchange.body_chunk().await {
+                Ok(chunk) => chunk,
                 Err(e) => {
-                    // The status is already on its way: cut the connection so the sender sees a
-                    // truncated response rather than a complete wrong one.
+                    // Nothing relayed yet: the sender gets a 5xx and retries (a committed 2xx answers the
+                    // retry as a duplicate). Already streaming: the cut connection shows the truncation.
                     log::warn!("app response body failed: {}", e.etype().as_str());
                     return Err(e);
                 }
+            };
+            match (chunk, held.take()) {
+                (Some(chunk), Some(mut buf)) if buf.len() + chunk.len() <= RELAY_BUFFER => {
+                    buf.extend_from_slice(&chunk);
+                    held = Some(buf);
+                }
+                (Some(chunk), Some(buf)) => {
+                    session
+                        .write_response_header(Box::new(resp.clone()), false)
+                        .await?;
+                    session
+                        .write_response_body(Some(buf.freeze()), false)
+                        .await?;
+                    session.write_response_body(Some(chunk), false).await?;
+                }
+                (Some(chunk), None) => session.write_response_body(Some(chunk), false).await?,
+                (None, Some(buf)) => {
+                    live.app.finish(exchange).await;
+                    resp.remove_header("transfer-encoding");
+                    resp.insert_header("Content-Length", buf.len().to_string())?;
+                    session.write_response_header(Box::new(resp), false).await?;
+                    return session.write_response_body(Some(buf.freeze()), true).await;
+                }
+                (None, None) => {
+                    session.write_response_body(None, true).await?;
+                    live.app.finish(exchange).await;
+                    return Ok(());
+                }
             }
         }
-        session.write_response_body(None, true).await?;
-        live.app.finish(exchange).await;
-        Ok(())
     }
 }
 

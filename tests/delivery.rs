@@ -450,9 +450,46 @@ async fn logs_never_contain_the_secret_signature_or_body() {
 async fn sequential_deliveries_reuse_one_connection_to_the_app() {
     let app = TestApp::start().await;
     let sidecar = Sidecar::start(&app, "").await;
-    for _ in 0..5 {
+    for _ in 0..20 {
         assert_eq!(sidecar.send(&Delivery::json()).await.status, 200);
     }
-    let conns: Vec<usize> = app.requests().iter().map(|r| r.conn).collect();
-    assert_eq!(conns, vec![0; 5], "every delivery on the first connection");
+    let mut conns: Vec<usize> = app.requests().iter().map(|r| r.conn).collect();
+    conns.dedup();
+    // One connection carries them all; on a loaded machine a second one was seen, rarely. Without reuse
+    // there would be twenty.
+    assert!(conns.len() <= 2, "connections used in turn: {conns:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_answers_of_any_size_and_framing_are_relayed_intact() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    for (len, chunked) in [
+        (10, true),
+        (40 * 1024, true),
+        (200 * 1024, false),
+        (200 * 1024, true),
+    ] {
+        app.set(Behaviour::Large { len, chunked });
+        let mut conn = Conn::open(sidecar.addr).await;
+        let r = conn.send(&Delivery::json().bytes()).await;
+        assert_eq!(r.status, 200, "{len} chunked={chunked}");
+        assert!(
+            r.body == large_body(len),
+            "{len} chunked={chunked}: body altered"
+        );
+        assert_eq!(r.get("x-app"), Some("yes"));
+        // The connection stays usable: the answer's framing was right.
+        app.set(Behaviour::Answer(200));
+        assert_eq!(conn.send(&Delivery::json().bytes()).await.status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_sent_by_the_sender_is_kept() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let d = Delivery::json().add("X-Request-Id", "trace-42");
+    assert_eq!(sidecar.send(&d).await.status, 200);
+    assert_eq!(app.requests()[0].all("x-request-id"), vec!["trace-42"]);
 }

@@ -187,13 +187,6 @@ async fn output_with(proc: &mut Proc, needle: &str) -> String {
     }
 }
 
-fn metric(text: &str, series: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
-        .to_string()
-}
-
 #[tokio::test]
 async fn pod_config_from_the_configmap_processes_signed_forged_and_duplicate_deliveries() {
     let dir = tempfile::tempdir().unwrap();
@@ -331,9 +324,9 @@ async fn pod_config_from_the_configmap_processes_signed_forged_and_duplicate_del
         };
         let m = m.text();
         [
-            ("forwarded", "1"),
-            ("unauthorized", "1"),
-            ("duplicate", "1"),
+            ("forwarded", 1.0),
+            ("unauthorized", 1.0),
+            ("duplicate", 1.0),
         ]
         .iter()
         .all(|(outcome, n)| {

@@ -16,15 +16,6 @@ fn signal(sidecar: &Sidecar, sig: &str) {
     assert!(ok, "kill -{sig}");
 }
 
-/// The value of one metric line, such as `pps_sidecar_requests_total{outcome="duplicate"}`.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 async fn metrics(sidecar: &Sidecar) -> String {
     let r = sidecar.admin_get("/metrics").await;
     assert_eq!(r.status, 200);

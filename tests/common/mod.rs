@@ -61,6 +61,11 @@ pub enum Behaviour {
     Answer(u16),
     /// Wait until `TestApp::release` is called, then answer.
     Hold(u16),
+    /// Answer 200 with `len` bytes of `large_body(len)`, chunked (16 KiB chunks) or with a Content-Length.
+    Large {
+        len: usize,
+        chunked: bool,
+    },
     /// Read the request, then close the connection without answering.
     Hang,
     Close,
@@ -154,6 +159,26 @@ async fn serve_conn(stream: TcpStream, conn: usize, state: Arc<AppState>) {
                 return;
             }
             Behaviour::Close => return,
+            Behaviour::Large { len, chunked } => {
+                let body = large_body(len);
+                let mut resp = b"HTTP/1.1 200 OK\r\nX-App: yes\r\n".to_vec();
+                if chunked {
+                    resp.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                    for piece in body.chunks(16 * 1024) {
+                        resp.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                        resp.extend_from_slice(piece);
+                        resp.extend_from_slice(b"\r\n");
+                    }
+                    resp.extend_from_slice(b"0\r\n\r\n");
+                } else {
+                    resp.extend_from_slice(format!("Content-Length: {len}\r\n\r\n").as_bytes());
+                    resp.extend_from_slice(&body);
+                }
+                if reader.get_mut().write_all(&resp).await.is_err() {
+                    return;
+                }
+                continue;
+            }
         };
         let body = format!("app says {status}\n");
         let resp = format!(
@@ -164,6 +189,11 @@ async fn serve_conn(stream: TcpStream, conn: usize, state: Arc<AppState>) {
             return;
         }
     }
+}
+
+/// A recognisable body of `len` bytes.
+pub fn large_body(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 13 % 251) as u8).collect()
 }
 
 /// Reads one HTTP/1.1 request (Content-Length or chunked body). `None` at end of stream.
@@ -608,6 +638,15 @@ impl Drop for Sidecar {
             let _ = writeln!(std::io::stderr(), "---- sidecar log ----\n{}", self.log());
         }
     }
+}
+
+/// The value of one Prometheus line, such as `pps_sidecar_requests_total{outcome="duplicate"}`.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+        .parse()
+        .unwrap()
 }
 
 /// Deep-merges `extra` into `base`: tables merge, other values replace.
