@@ -1,6 +1,6 @@
 //! The `X-Pps-*` headers: read and checked on the way in, rewritten canonically on the way to the app.
 
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 
 use crate::auth::Verified;
 use crate::timefmt;
@@ -126,32 +126,44 @@ pub struct Forwarding<'a> {
     pub body_len: usize,
 }
 
-/// Rewrites a delivery's request header for the app: canonical `X-Pps-*`, trust headers replaced,
-/// credentials removed, framing redone for the buffered body.
-pub fn upstream_request(original: &RequestHeader, f: &Forwarding<'_>) -> RequestHeader {
-    let mut req = original.clone();
-    req.set_version(http::Version::HTTP_11);
-    strip_hop_by_hop(&mut req);
-    for name in TRUSTED.iter().chain(&[
-        TOPIC,
-        SUB_TOPIC,
-        TENANT_ID,
-        WEBHOOK_ID,
-        TRIGGERED_AT,
-        "content-length",
-    ]) {
-        req.remove_header(*name);
-    }
-    if let Some(header) = f.strip_credentials {
-        req.remove_header(header);
-        req.remove_header("authorization");
+/// The request head sent to the app, as bytes: request line and headers. Canonical `X-Pps-*`, trust headers
+/// replaced, credentials removed, framing redone for the buffered body. Written in one pass over the
+/// sender's headers (names keep their case) instead of cloning and editing a header map: this runs for
+/// every delivery.
+pub fn upstream_head(original: &RequestHeader, f: &Forwarding<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    out.extend_from_slice(original.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(original.raw_path());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+
+    let listed = connection_listed(original);
+    let mut previous_xff: Option<&str> = None;
+    let mut has_proto = false;
+    let mut wire_names = original.case_header_iter();
+    for (name, value) in original.headers.iter() {
+        let wire = wire_names.next().map(|(n, _)| n.as_slice());
+        let n = name.as_str();
+        if n == "x-forwarded-for" {
+            // Folded into the one this sidecar writes below.
+            if previous_xff.is_none() {
+                previous_xff = value.to_str().ok().map(str::trim).filter(|v| !v.is_empty());
+            }
+            continue;
+        }
+        has_proto |= n == "x-forwarded-proto";
+        let dropped = HOP_BY_HOP.contains(&n)
+            || REWRITTEN.iter().any(|r| r.eq_ignore_ascii_case(n))
+            || listed.iter().any(|l| l == n)
+            || f.strip_credentials
+                .is_some_and(|h| n == "authorization" || h.eq_ignore_ascii_case(n));
+        if !dropped {
+            line(&mut out, wire.unwrap_or(n.as_bytes()), value.as_bytes());
+        }
     }
 
     let d = f.delivery;
-    let mut set = |name: &'static str, value: &str| {
-        // Values came from valid header values or are ASCII built here, so this cannot fail.
-        let _ = req.insert_header(name, value);
-    };
+    let mut set = |name: &str, value: &str| line(&mut out, name.as_bytes(), value.as_bytes());
     set(TOPIC, &d.topic);
     if let Some(v) = &d.sub_topic {
         set(SUB_TOPIC, v);
@@ -179,9 +191,54 @@ pub fn upstream_request(original: &RequestHeader, f: &Forwarding<'_>) -> Request
         None => set(VERIFIED, "none"),
     }
     set(REQUEST_ID, f.request_id);
-    forwarded_headers(&mut req, f.client_ip.as_deref());
-    let _ = req.insert_header("Content-Length", f.body_len.to_string());
-    req
+    match (previous_xff, f.client_ip.as_deref()) {
+        (Some(prev), Some(ip)) => set(FORWARDED_FOR, &format!("{prev}, {ip}")),
+        (Some(prev), None) => set(FORWARDED_FOR, prev),
+        (None, Some(ip)) => set(FORWARDED_FOR, ip),
+        (None, None) => {}
+    }
+    // An ingress in front may have terminated TLS and said so; otherwise the sidecar saw plain http.
+    if !has_proto {
+        set(FORWARDED_PROTO, "http");
+    }
+    set("Content-Length", &f.body_len.to_string());
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Headers the sidecar writes itself on a forwarded delivery; the sender's copies are dropped.
+const REWRITTEN: [&str; 12] = [
+    VERIFIED,
+    JWT_SUBJECT,
+    JWT_ISSUER,
+    TRIGGERED_AT_ORIGINAL,
+    DUPLICATE,
+    TOPIC,
+    SUB_TOPIC,
+    TENANT_ID,
+    WEBHOOK_ID,
+    TRIGGERED_AT,
+    REQUEST_ID,
+    "content-length",
+];
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Names listed in `Connection`, lowercased: hop-by-hop for this request only. Usually none.
+fn connection_listed(req: &RequestHeader) -> Vec<String> {
+    req.headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 /// For unverified pass-through (`other_paths = "forward"`): the trust headers still never reach the app.
@@ -220,36 +277,19 @@ pub fn request_id(req: &RequestHeader) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-fn strip_hop_by_hop(req: &mut RequestHeader) {
-    let listed: Vec<String> = req
-        .headers
-        .get_all("connection")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect();
-    for name in listed.iter().map(String::as_str).chain(HOP_BY_HOP) {
-        req.remove_header(name);
-    }
-}
-
-/// The app's response header as relayed to the sender: connection-scoped headers dropped, framing kept.
-pub fn downstream_response(app: &ResponseHeader) -> ResponseHeader {
-    let mut resp = app.clone();
-    resp.set_version(http::Version::HTTP_11);
-    for name in [
+/// Connection-scoped headers of the app's answer, never relayed. `Transfer-Encoding` is in the list
+/// because the answer is re-framed on the way out.
+pub fn is_response_hop_by_hop(name: &str) -> bool {
+    const NAMES: [&str; 7] = [
         "connection",
         "keep-alive",
         "proxy-connection",
         "te",
         "trailer",
         "upgrade",
-    ] {
-        resp.remove_header(name);
-    }
-    resp
+        "transfer-encoding",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]
@@ -331,7 +371,7 @@ mod tests {
             ("x-custom", "kept"),
         ]);
         let d = read_delivery(&original).unwrap();
-        let out = upstream_request(
+        let head = upstream_head(
             &original,
             &Forwarding {
                 delivery: &d,
@@ -342,7 +382,28 @@ mod tests {
                 body_len: 42,
             },
         );
-        let get = |n: &str| out.headers.get(n).map(|v| v.to_str().unwrap().to_string());
+        let mut parsed = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Request::new(&mut parsed);
+        assert_eq!(
+            r.parse(&head).unwrap(),
+            httparse::Status::Complete(head.len())
+        );
+        assert_eq!(
+            (r.method, r.path, r.version),
+            (Some("POST"), Some("/webhooks"), Some(1))
+        );
+        let all = |n: &str| -> Vec<String> {
+            r.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(n))
+                .map(|h| String::from_utf8(h.value.to_vec()).unwrap())
+                .collect()
+        };
+        let get = |n: &str| {
+            let v = all(n);
+            assert!(v.len() <= 1, "{n} sent {} times", v.len());
+            v.into_iter().next()
+        };
         assert_eq!(get("x-pps-topic").as_deref(), Some("orders/placed"));
         assert_eq!(
             get("x-pps-triggered-at").as_deref(),
@@ -357,17 +418,19 @@ mod tests {
         assert_eq!(get("x-pps-hmac-sha256"), None);
         assert_eq!(get("authorization"), None);
         assert_eq!(get("transfer-encoding"), None);
+        assert_eq!(get("connection"), None);
         assert_eq!(get("x-secret-hop"), None);
         assert_eq!(get("content-length").as_deref(), Some("42"));
+        assert_eq!(get("x-request-id").as_deref(), Some("rid"));
+        assert_eq!(get("x-forwarded-proto").as_deref(), Some("http"));
         assert_eq!(
             get("x-forwarded-for").as_deref(),
             Some("10.0.0.1, 127.0.0.1")
         );
         assert_eq!(get("x-custom").as_deref(), Some("kept"));
-        let mut wire = Vec::new();
-        out.header_to_h1_wire(&mut wire);
-        let wire = String::from_utf8(wire).unwrap();
+        let wire = String::from_utf8(head.clone()).unwrap();
         assert!(wire.contains("X-Pps-Topic: orders/placed\r\n"), "{wire}");
         assert!(wire.contains("X-Pps-Webhook-Id: 1\r\n"), "{wire}");
+        assert!(wire.ends_with("\r\n\r\n"), "{wire}");
     }
 }

@@ -370,7 +370,7 @@ impl Sidecar {
             None
         };
 
-        let upstream_req = headers::upstream_request(
+        let head = headers::upstream_head(
             session.req_header(),
             &Forwarding {
                 delivery,
@@ -383,7 +383,7 @@ impl Sidecar {
             },
         );
         let sent_at = Instant::now();
-        let result = live.app.send(&upstream_req, &body).await;
+        let result = live.app.send(head, &body).await;
         let elapsed = sent_at.elapsed();
         ctx.app_time = Some(elapsed);
         let mut exchange = match result {
@@ -413,7 +413,9 @@ impl Sidecar {
         if let Some(guard) = claim {
             guard.settle(ctx.status).await;
         }
-        let mut resp = headers::downstream_response(exchange.header());
+        let mut resp = exchange.take_header();
+        // 204 and 304 carry no body, and their framing headers are not the sidecar's to change.
+        let bodiless = ctx.status == 204 || ctx.status == 304;
 
         // The app's answer is held until it is complete, so that its connection is back in the pool by the
         // time the sender, having read the answer, sends its next delivery. An answer larger than
@@ -435,6 +437,9 @@ impl Sidecar {
                     held = Some(buf);
                 }
                 (Some(chunk), Some(buf)) => {
+                    if resp.headers.get(http::header::CONTENT_LENGTH).is_none() {
+                        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+                    }
                     session
                         .write_response_header(Box::new(resp.clone()), false)
                         .await?;
@@ -445,15 +450,16 @@ impl Sidecar {
                 }
                 (Some(chunk), None) => session.write_response_body(Some(chunk), false).await?,
                 (None, Some(buf)) => {
-                    live.app.finish(exchange).await;
-                    resp.remove_header("transfer-encoding");
-                    resp.insert_header("Content-Length", buf.len().to_string())?;
+                    live.app.finish(exchange);
+                    if !bodiless {
+                        resp.insert_header(http::header::CONTENT_LENGTH, buf.len().to_string())?;
+                    }
                     session.write_response_header(Box::new(resp), false).await?;
                     return session.write_response_body(Some(buf.freeze()), true).await;
                 }
                 (None, None) => {
                     session.write_response_body(None, true).await?;
-                    live.app.finish(exchange).await;
+                    live.app.finish(exchange);
                     return Ok(());
                 }
             }

@@ -493,3 +493,108 @@ async fn a_request_id_sent_by_the_sender_is_kept() {
     assert_eq!(sidecar.send(&d).await.status, 200);
     assert_eq!(app.requests()[0].all("x-request-id"), vec!["trace-42"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_closing_its_idle_connections_costs_no_delivery_and_no_copy() {
+    // An app whose keep-alive ends right after each answer (Node's 5 s, PHP-FPM behind a short
+    // timeout): the pooled connection is dead by the next delivery.
+    let app = TestApp::start().await;
+    app.set(Behaviour::Raw {
+        answer: b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
+        close: true,
+    });
+    let sidecar = Sidecar::start(&app, "").await;
+    let mut conn = Conn::open(sidecar.addr).await;
+    for i in 0..10 {
+        let r = conn.send(&Delivery::json().bytes()).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "ok\n"), "delivery {i}");
+    }
+    let requests = app.requests();
+    assert_eq!(
+        requests.len(),
+        10,
+        "each delivery reached the app exactly once"
+    );
+    let ids: std::collections::HashSet<_> = requests
+        .iter()
+        .map(|r| r.get("x-pps-webhook-id").unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusual_but_valid_app_answers_are_relayed_and_garbage_is_502() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let cases: [(&str, &'static [u8], bool, u16, &str); 7] = [
+        (
+            "interim 100 Continue, then the answer",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            false,
+            200,
+            "ok",
+        ),
+        (
+            "Connection: close",
+            b"HTTP/1.1 202 Accepted\r\nConnection: close\r\nContent-Length: 3\r\n\r\nyes",
+            true,
+            202,
+            "yes",
+        ),
+        (
+            "HTTP/1.0, body until the connection closes",
+            b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close",
+            true,
+            200,
+            "until close",
+        ),
+        (
+            "chunked with extensions and trailers",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n",
+            false,
+            200,
+            "abcde",
+        ),
+        (
+            "204 without a body",
+            b"HTTP/1.1 204 No Content\r\nX-App: yes\r\n\r\n",
+            false,
+            204,
+            "",
+        ),
+        (
+            "not HTTP",
+            b"SMTP ready\r\n\r\n",
+            true,
+            502,
+            "bad gateway\n",
+        ),
+        (
+            "body cut short",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort",
+            true,
+            502,
+            "",
+        ),
+    ];
+    for (what, answer, close, status, body) in cases {
+        app.set(Behaviour::Raw { answer, close });
+        let mut conn = Conn::open(sidecar.addr).await;
+        let r = conn.send(&Delivery::json().bytes()).await;
+        assert_eq!(r.status, status, "{what}");
+        if status != 502 || !body.is_empty() {
+            assert_eq!(r.text(), body, "{what}");
+        }
+        if status == 204 {
+            assert_eq!(r.get("content-length"), None, "{what}");
+            assert_eq!(r.get("x-app"), Some("yes"), "{what}");
+        }
+        // Whatever the app did, the next delivery is served normally.
+        app.set(Behaviour::Answer(200));
+        let r = Conn::open(sidecar.addr)
+            .await
+            .send(&Delivery::json().bytes())
+            .await;
+        assert_eq!(r.status, 200, "after {what}");
+    }
+}

@@ -66,6 +66,11 @@ pub enum Behaviour {
         len: usize,
         chunked: bool,
     },
+    /// Answer with exactly these bytes, then close the connection if `close`.
+    Raw {
+        answer: &'static [u8],
+        close: bool,
+    },
     /// Read the request, then close the connection without answering.
     Hang,
     Close,
@@ -159,6 +164,12 @@ async fn serve_conn(stream: TcpStream, conn: usize, state: Arc<AppState>) {
                 return;
             }
             Behaviour::Close => return,
+            Behaviour::Raw { answer, close } => {
+                if reader.get_mut().write_all(answer).await.is_err() || close {
+                    return;
+                }
+                continue;
+            }
             Behaviour::Large { len, chunked } => {
                 let body = large_body(len);
                 let mut resp = b"HTTP/1.1 200 OK\r\nX-App: yes\r\n".to_vec();
@@ -331,7 +342,11 @@ impl Conn {
                 interim.push(status);
                 continue;
             }
-            let body = read_body(&mut self.reader, &headers, true).await?;
+            let body = if status == 204 || status == 304 {
+                Vec::new()
+            } else {
+                read_body(&mut self.reader, &headers, true).await?
+            };
             return Some(Resp {
                 status,
                 headers,
