@@ -4,6 +4,7 @@
 //! hold a secret.
 
 use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,6 +37,8 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
+    /// The contents of `watched_files` when this was loaded: a reload is due once they differ.
+    pub fingerprint: u64,
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub webhooks: WebhooksConfig,
@@ -372,6 +375,15 @@ struct RawFilters {
     tenants: Vec<String>,
 }
 
+/// A hash of the files' contents as reached through their paths now (a missing file hashes as such).
+pub fn fingerprint(files: &[PathBuf]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for f in files {
+        std::fs::read(f).ok().hash(&mut h);
+    }
+    h.finish()
+}
+
 // ---- loading and validation ----------------------------------------------------------------
 
 impl Config {
@@ -383,7 +395,18 @@ impl Config {
             key: String::new(),
             reason: format!("cannot read the file: {e}"),
         })?;
-        Self::parse(&text, path)
+        let mut config = Self::parse(&text, path)?;
+        // Taken here rather than when the reloader starts: a file replaced in between would otherwise look
+        // like the one in force, and never be loaded.
+        config.fingerprint = fingerprint(&config.watched_files());
+        Ok(config)
+    }
+
+    /// The files whose change triggers a reload: this one and the secret files it names.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        files.extend(self.auth.hmac.secrets.iter().filter_map(|s| s.file.clone()));
+        files
     }
 
     /// Parses and validates `text` as if read from `path`.
@@ -439,6 +462,7 @@ impl Validator<'_> {
         };
         Ok(Config {
             path: self.base.to_path_buf(),
+            fingerprint: 0,
             server,
             upstream,
             webhooks,

@@ -1,7 +1,5 @@
 //! Reload on SIGHUP or when a watched file changes; drain on SIGTERM.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +8,7 @@ use pingora::server::{ExecutionPhase, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::config::Config;
+use crate::config::{Config, fingerprint};
 use crate::metrics::{self, METRICS};
 use crate::proxy::Shared;
 
@@ -37,7 +35,7 @@ impl BackgroundService for Reloader {
             }
         };
         let mut tick = tokio::time::interval(POLL);
-        let mut seen = fingerprint(&watched(&self.shared.live().config));
+        let mut seen = self.shared.live().config.fingerprint;
         // The error of the last refused reload, while it stands.
         let mut failing: Option<String> = None;
         loop {
@@ -46,7 +44,7 @@ impl BackgroundService for Reloader {
                     failing = self.reload("SIGHUP", None).err();
                 }
                 _ = tick.tick() => {
-                    if fingerprint(&watched(&self.shared.live().config)) != seen {
+                    if fingerprint(&self.shared.live().config.watched_files()) != seen {
                         failing = self.reload("a watched file changed", None).err();
                     } else if let Some(previous) = failing.take() {
                         // A refused config may name a file that is not there yet (a new secret mounted a
@@ -58,7 +56,13 @@ impl BackgroundService for Reloader {
                 }
                 _ = shutdown.changed() => return,
             }
-            seen = fingerprint(&watched(&self.shared.live().config));
+            // After a success, what the new config was loaded from; after a refusal, what was refused.
+            let live = self.shared.live();
+            seen = if failing.is_none() {
+                live.config.fingerprint
+            } else {
+                fingerprint(&live.config.watched_files())
+            };
         }
     }
 }
@@ -116,19 +120,6 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     out
 }
 
-fn watched(config: &Config) -> Vec<PathBuf> {
-    let mut files = vec![config.path.clone()];
-    files.extend(
-        config
-            .auth
-            .hmac
-            .secrets
-            .iter()
-            .filter_map(|s| s.file.clone()),
-    );
-    files
-}
-
 /// Keeps every issuer's JWKS loaded and fresh: fetched at start-up (retried with backoff until it
 /// succeeds) and every `auth.jwt.jwks_refresh_seconds` after that.
 pub struct JwksRefresher {
@@ -150,15 +141,6 @@ impl BackgroundService for JwksRefresher {
             }
         }
     }
-}
-
-/// A hash of the files' contents as reached through their paths now (a missing file hashes as such).
-fn fingerprint(files: &[PathBuf]) -> u64 {
-    let mut h = DefaultHasher::new();
-    for f in files {
-        std::fs::read(f).ok().hash(&mut h);
-    }
-    h.finish()
 }
 
 /// On SIGTERM Pingora closes the listeners and then waits its whole grace period. This ends the process
