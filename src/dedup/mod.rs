@@ -2,7 +2,7 @@
 //!
 //! A key is absent, in flight or done. The proxy claims it before forwarding, then commits it when the app
 //! answered 2xx, or releases it otherwise so that Pitchpoint's retry goes through. The store behind this
-//! interface is local (moka) today and can be shared (Redis) without the proxy noticing.
+//! interface is local (`memory`) or shared between replicas (`redis`) without the proxy noticing.
 
 pub mod memory;
 pub mod redis;

@@ -5,7 +5,7 @@
 //! the key only if it still holds the caller's own token (compare-and-delete in Lua).
 //!
 //! Redis is an optimisation of the contract, never a condition for deliveries: when it is slow or down,
-//! each operation falls back to the local moka store after a short timeout, and Redis is left alone for a
+//! each operation falls back to the local in-memory store after a short timeout, and Redis is left alone for a
 //! moment before the next try. The local store also remembers every done key, so a replica answers its own
 //! duplicates without a round trip.
 
