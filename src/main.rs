@@ -65,7 +65,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
+            // Plain lines, written as they are: no colour detection and stripping, no indentation
+            // pass. Every delivery logs one line, so this is on the hot path.
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+                .format_indent(None)
                 .init();
             let config = match load(cli.config) {
                 Ok(c) => c,
