@@ -28,20 +28,6 @@ const TRUSTED: [&str; 5] = [
     DUPLICATE,
 ];
 
-/// Connection-scoped headers that never cross a proxy (RFC 9110, 7.6.1), plus the framing the sidecar
-/// redoes itself once the body is buffered.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "expect",
-];
-
 /// The identifying headers of one delivery, trimmed and checked.
 #[derive(Debug, Clone, Default)]
 pub struct Delivery {
@@ -152,8 +138,8 @@ pub fn upstream_head(original: &RequestHeader, f: &Forwarding<'_>) -> Vec<u8> {
             continue;
         }
         has_proto |= n == "x-forwarded-proto";
-        let dropped = HOP_BY_HOP.contains(&n)
-            || REWRITTEN.iter().any(|r| r.eq_ignore_ascii_case(n))
+        // `HeaderName`s are lowercase.
+        let dropped = dropped_on_forward(n)
             || listed.iter().any(|l| l == n)
             || f.strip_credentials
                 .is_some_and(|h| n == "authorization" || h.eq_ignore_ascii_case(n));
@@ -206,21 +192,35 @@ pub fn upstream_head(original: &RequestHeader, f: &Forwarding<'_>) -> Vec<u8> {
     out
 }
 
-/// Headers the sidecar writes itself on a forwarded delivery; the sender's copies are dropped.
-const REWRITTEN: [&str; 12] = [
-    VERIFIED,
-    JWT_SUBJECT,
-    JWT_ISSUER,
-    TRIGGERED_AT_ORIGINAL,
-    DUPLICATE,
-    TOPIC,
-    SUB_TOPIC,
-    TENANT_ID,
-    WEBHOOK_ID,
-    TRIGGERED_AT,
-    REQUEST_ID,
-    "content-length",
-];
+/// Headers dropped from a forwarded delivery, by lowercase name: the connection-scoped ones that never
+/// cross a proxy (RFC 9110, 7.6.1), the framing redone for the buffered body, and those the sidecar
+/// writes itself (the `X-Pps-*` it normalises, the trust headers only it may set, the request id).
+fn dropped_on_forward(lowercase: &str) -> bool {
+    matches!(
+        lowercase,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "expect"
+            | "content-length"
+            | "x-pps-verified"
+            | "x-pps-jwt-subject"
+            | "x-pps-jwt-issuer"
+            | "x-pps-triggered-at-original"
+            | "x-pps-duplicate"
+            | "x-pps-topic"
+            | "x-pps-sub-topic"
+            | "x-pps-tenant-id"
+            | "x-pps-webhook-id"
+            | "x-pps-triggered-at"
+            | "x-request-id"
+    )
+}
 
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -302,6 +302,24 @@ mod tests {
             r.append_header(k.to_string(), *v).unwrap();
         }
         r
+    }
+
+    #[test]
+    fn every_header_the_sidecar_writes_is_dropped_from_the_senders_copy() {
+        for name in TRUSTED.iter().chain(&[
+            TOPIC,
+            SUB_TOPIC,
+            TENANT_ID,
+            WEBHOOK_ID,
+            TRIGGERED_AT,
+            REQUEST_ID,
+            "Content-Length",
+            "Transfer-Encoding",
+            "Connection",
+        ]) {
+            assert!(dropped_on_forward(&name.to_ascii_lowercase()), "{name}");
+        }
+        assert!(!dropped_on_forward("x-custom"));
     }
 
     #[test]

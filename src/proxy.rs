@@ -510,22 +510,94 @@ fn access_log(session: &Session, ctx: &Ctx) {
             log::info!(target: "access", "{line}");
         }
         AccessLog::Text => {
-            let dash = |v: Option<&str>| v.filter(|s| !s.is_empty()).unwrap_or("-").to_string();
-            log::info!(
-                target: "access",
-                "method={} path={} status={} outcome={} tenant={} topic={} webhook_id={} app_ms={} total_ms={:.1} auth_failure={} request_id={}",
-                req.method,
-                req.uri.path(),
-                ctx.status,
-                outcome,
-                dash(tenant),
-                dash(topic),
-                dash(webhook_id),
-                app_ms.map_or("-".to_string(), |t| format!("{t:.1}")),
-                total_ms,
-                ctx.auth_failure.unwrap_or("-"),
-                ctx.request_id,
-            );
+            let line = text_line(&[
+                ("method", Field::Str(Some(req.method.as_str()))),
+                ("path", Field::Str(Some(req.uri.path()))),
+                ("status", Field::Num(ctx.status.into())),
+                ("outcome", Field::Str(Some(outcome))),
+                ("tenant", Field::Str(tenant)),
+                ("topic", Field::Str(topic)),
+                ("webhook_id", Field::Str(webhook_id)),
+                ("app_ms", Field::Millis(ctx.app_time)),
+                ("total_ms", Field::Millis(Some(ctx.started.elapsed()))),
+                ("auth_failure", Field::Str(ctx.auth_failure)),
+                ("request_id", Field::Str(Some(&ctx.request_id))),
+            ]);
+            log::info!(target: "access", "{line}");
         }
+    }
+}
+
+enum Field<'a> {
+    /// `-` when absent or empty.
+    Str(Option<&'a str>),
+    Num(u64),
+    /// Milliseconds with one decimal; `-` when absent.
+    Millis(Option<Duration>),
+}
+
+/// `key=value` pairs separated by spaces. Built by hand: this runs for every request, and going through
+/// `format!` for each field cost about a tenth of the sidecar's own instructions per delivery.
+fn text_line(fields: &[(&str, Field<'_>)]) -> String {
+    let mut line = String::with_capacity(320);
+    for (i, (key, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            line.push(' ');
+        }
+        line.push_str(key);
+        line.push('=');
+        match value {
+            Field::Str(v) => line.push_str(v.filter(|v| !v.is_empty()).unwrap_or("-")),
+            Field::Num(n) => push_num(&mut line, *n),
+            Field::Millis(None) => line.push('-'),
+            Field::Millis(Some(d)) => {
+                let tenths = (d.as_micros() + 50) / 100;
+                push_num(&mut line, u64::try_from(tenths / 10).unwrap_or(u64::MAX));
+                line.push('.');
+                line.push(char::from(b'0' + (tenths % 10) as u8));
+            }
+        }
+    }
+    line
+}
+
+fn push_num(line: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    line.push_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_access_line_has_every_field_with_dashes_for_the_missing() {
+        let line = text_line(&[
+            ("method", Field::Str(Some("POST"))),
+            ("status", Field::Num(200)),
+            ("zero", Field::Num(0)),
+            ("tenant", Field::Str(None)),
+            ("topic", Field::Str(Some(""))),
+            ("app_ms", Field::Millis(Some(Duration::from_micros(1_249)))),
+            (
+                "slow_ms",
+                Field::Millis(Some(Duration::from_micros(12_345_678))),
+            ),
+            ("fast_ms", Field::Millis(Some(Duration::from_micros(40)))),
+            ("none_ms", Field::Millis(None)),
+        ]);
+        assert_eq!(
+            line,
+            "method=POST status=200 zero=0 tenant=- topic=- app_ms=1.2 slow_ms=12345.7 fast_ms=0.0 none_ms=-"
+        );
     }
 }

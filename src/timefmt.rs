@@ -66,18 +66,37 @@ pub fn format_rfc3339(ts: &Timestamp) -> String {
     let days = ts.unix.div_euclid(86_400);
     let secs = ts.unix.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    let mut out = format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        secs / 3_600,
-        secs % 3_600 / 60,
-        secs % 60
-    );
+    // By hand rather than `format!`: this runs for every delivery that carries a timestamp.
+    let mut out = String::with_capacity(32);
+    if !(0..=9999).contains(&y) {
+        // Outside RFC 3339's four-digit years; kept readable all the same.
+        out.push_str(&y.to_string());
+    } else {
+        push2(&mut out, (y / 100) as u8);
+        push2(&mut out, (y % 100) as u8);
+    }
+    for (sep, v) in [
+        ('-', m),
+        ('-', d),
+        ('T', secs / 3_600),
+        (':', secs % 3_600 / 60),
+        (':', secs % 60),
+    ] {
+        out.push(sep);
+        push2(&mut out, v as u8);
+    }
     if !ts.frac.is_empty() {
         out.push('.');
         out.push_str(&ts.frac);
     }
     out.push('Z');
     out
+}
+
+/// Two decimal digits, zero-padded.
+fn push2(out: &mut String, v: u8) {
+    out.push(char::from(b'0' + v / 10));
+    out.push(char::from(b'0' + v % 10));
 }
 
 /// Seconds since the epoch, now.
