@@ -120,7 +120,10 @@ pub struct AuthConfig {
 
 #[derive(Debug, Clone)]
 pub struct HmacConfig {
+    /// As configured, for display.
     pub header: String,
+    /// The same, parsed once: looked up on every delivery.
+    pub header_key: http::HeaderName,
     pub secrets: Vec<Secret>,
 }
 
@@ -599,9 +602,9 @@ impl Validator<'_> {
         }
 
         let header = raw.hmac.header.trim().to_string();
-        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+        let Ok(header_key) = http::HeaderName::from_bytes(header.as_bytes()) else {
             return Err(self.err("auth.hmac.header", "is not a valid HTTP header name"));
-        }
+        };
         let secrets = if methods.contains(&Method::Hmac) {
             if raw.hmac.secrets.is_empty() {
                 return Err(self.err(
@@ -624,7 +627,11 @@ impl Validator<'_> {
             methods,
             enforce: raw.enforce,
             forward_credentials: raw.forward_credentials,
-            hmac: HmacConfig { header, secrets },
+            hmac: HmacConfig {
+                header,
+                header_key,
+                secrets,
+            },
             jwt,
         })
     }

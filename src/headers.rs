@@ -1,5 +1,6 @@
 //! The `X-Pps-*` headers: read and checked on the way in, rewritten canonically on the way to the app.
 
+use http::HeaderName;
 use pingora::http::RequestHeader;
 
 use crate::auth::Verified;
@@ -18,6 +19,18 @@ pub const DUPLICATE: &str = "X-Pps-Duplicate";
 pub const REQUEST_ID: &str = "X-Request-Id";
 pub const FORWARDED_FOR: &str = "X-Forwarded-For";
 pub const FORWARDED_PROTO: &str = "X-Forwarded-Proto";
+
+/// The names looked up on every delivery, ready-made: a `&str` key is parsed and lowercased on each lookup.
+mod lower {
+    use http::HeaderName;
+
+    pub const TOPIC: HeaderName = HeaderName::from_static("x-pps-topic");
+    pub const SUB_TOPIC: HeaderName = HeaderName::from_static("x-pps-sub-topic");
+    pub const TENANT_ID: HeaderName = HeaderName::from_static("x-pps-tenant-id");
+    pub const WEBHOOK_ID: HeaderName = HeaderName::from_static("x-pps-webhook-id");
+    pub const TRIGGERED_AT: HeaderName = HeaderName::from_static("x-pps-triggered-at");
+    pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+}
 
 /// Headers only the sidecar may set: whatever arrives under these names is dropped before the app sees it.
 const TRUSTED: [&str; 5] = [
@@ -53,16 +66,18 @@ impl Delivery {
 
 /// Reads the delivery's headers; `Err` is the 400 reason.
 pub fn read_delivery(req: &RequestHeader) -> Result<Delivery, String> {
-    let webhook_id = single(req, WEBHOOK_ID)?
+    let webhook_id = single(req, &lower::WEBHOOK_ID, WEBHOOK_ID)?
         .filter(|v| !v.is_empty())
         .ok_or_else(|| format!("missing {WEBHOOK_ID}"))?;
-    let topic = single(req, TOPIC)?
+    let topic = single(req, &lower::TOPIC, TOPIC)?
         .filter(|v| !v.is_empty())
         .ok_or_else(|| format!("missing {TOPIC}"))?;
-    let sub_topic = single(req, SUB_TOPIC)?.filter(|v| !v.is_empty());
-    let tenant = single(req, TENANT_ID)?.filter(|v| !v.is_empty());
+    let sub_topic = single(req, &lower::SUB_TOPIC, SUB_TOPIC)?.filter(|v| !v.is_empty());
+    let tenant = single(req, &lower::TENANT_ID, TENANT_ID)?.filter(|v| !v.is_empty());
     // Never a 400 for this one: an unusual value is forwarded as it came.
-    let triggered_at = single(req, TRIGGERED_AT).ok().flatten();
+    let triggered_at = single(req, &lower::TRIGGERED_AT, TRIGGERED_AT)
+        .ok()
+        .flatten();
     Ok(Delivery {
         webhook_id: canonical_id(webhook_id),
         topic,
@@ -73,9 +88,9 @@ pub fn read_delivery(req: &RequestHeader) -> Result<Delivery, String> {
 }
 
 /// The one value of `name`, trimmed. The same value repeated counts once; different values are ambiguous.
-fn single(req: &RequestHeader, name: &str) -> Result<Option<String>, String> {
+fn single(req: &RequestHeader, key: &HeaderName, name: &str) -> Result<Option<String>, String> {
     let mut found: Option<String> = None;
-    for value in req.headers.get_all(name) {
+    for value in req.headers.get_all(key) {
         let v = std::str::from_utf8(value.as_bytes())
             .map_err(|_| format!("{name} is not valid text"))?
             .trim();
@@ -269,7 +284,7 @@ fn forwarded_headers(req: &mut RequestHeader, client_ip: Option<&str>) {
 /// The request id to use: the sender's, or a fresh one.
 pub fn request_id(req: &RequestHeader) -> String {
     req.headers
-        .get(REQUEST_ID)
+        .get(lower::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty() && v.len() <= 200)

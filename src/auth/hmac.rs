@@ -73,6 +73,7 @@ mod tests {
     fn cfg(secrets: &[(&str, Option<i64>)]) -> HmacConfig {
         HmacConfig {
             header: "X-Pps-Hmac-Sha256".into(),
+            header_key: http::HeaderName::from_static("x-pps-hmac-sha256"),
             secrets: secrets
                 .iter()
                 .enumerate()

@@ -95,7 +95,7 @@ pub async fn authenticate(
     for method in &cfg.methods {
         let result = match method {
             Method::Hmac => {
-                let mut values = req.headers.get_all(cfg.hmac.header.as_str()).iter();
+                let mut values = req.headers.get_all(&cfg.hmac.header_key).iter();
                 match (values.next(), values.next()) {
                     (None, _) => continue,
                     (Some(_), Some(_)) => Err(Failure::AmbiguousCredentials),
