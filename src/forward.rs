@@ -8,11 +8,12 @@
 //! per idle connection, a timer per read and write, the header map built and cloned, two flushes held
 //! together with `TCP_CORK`). Paths forwarded without verification still take Pingora's streaming proxy.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, IoSlice};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -50,8 +51,8 @@ const COALESCE: usize = 16 * 1024;
 const MAX_HEAD: usize = 64 * 1024;
 /// Informational answers (100 Continue, 103 Early Hints) skipped before the final one, at most.
 const MAX_INFORMATIONAL: usize = 8;
-/// Idle connections kept, at most. More concurrent deliveries than this still work; their connections
-/// are closed after use.
+/// Idle connections kept per server thread, at most. More concurrent deliveries than this still work;
+/// their connections are closed after use.
 const MAX_IDLE: usize = 256;
 
 /// The app, with a pool of keep-alive connections to it.
@@ -61,8 +62,10 @@ pub struct App {
     connect_timeout: Duration,
     read_timeout: Duration,
     keepalive: Duration,
-    /// Most recently used at the back: reusing the warmest connection lets the others age out.
-    idle: Mutex<VecDeque<(TcpStream, Instant)>>,
+    /// Per server thread, most recently used at the back: reusing the warmest connection lets the others
+    /// age out. Each Pingora thread runs its own single-threaded runtime, and a socket stays registered
+    /// with the runtime that opened it; a connection is therefore only reused on the thread that made it.
+    idle: Mutex<HashMap<ThreadId, VecDeque<(TcpStream, Instant)>>>,
 }
 
 /// An exchange whose final response head has arrived; the body is still to be read.
@@ -131,7 +134,7 @@ impl App {
             connect_timeout: cfg.connect_timeout,
             read_timeout: cfg.read_timeout,
             keepalive: cfg.keepalive_timeout,
-            idle: Mutex::new(VecDeque::new()),
+            idle: Mutex::new(HashMap::new()),
         }
     }
 
@@ -179,7 +182,8 @@ impl App {
         if !exchange.reusable() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = pools.entry(std::thread::current().id()).or_default();
         let now = Instant::now();
         while idle
             .front()
@@ -194,7 +198,8 @@ impl App {
 
     /// The warmest idle connection that is still open and within the keep-alive time.
     fn checkout(&self) -> Option<TcpStream> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = pools.get_mut(&std::thread::current().id())?;
         while let Some((stream, since)) = idle.pop_back() {
             if since.elapsed() < self.keepalive && quiet(&stream) {
                 return Some(stream);

@@ -453,11 +453,12 @@ async fn sequential_deliveries_reuse_one_connection_to_the_app() {
     for _ in 0..20 {
         assert_eq!(sidecar.send(&Delivery::json()).await.status, 200);
     }
-    let mut conns: Vec<usize> = app.requests().iter().map(|r| r.conn).collect();
-    conns.dedup();
-    // One connection carries them all; on a loaded machine a second one was seen, rarely. Without reuse
-    // there would be twenty.
-    assert!(conns.len() <= 2, "connections used in turn: {conns:?}");
+    let conns: Vec<usize> = app.requests().iter().map(|r| r.conn).collect();
+    let distinct: std::collections::BTreeSet<usize> = conns.iter().copied().collect();
+    // Each of the sidecar's two threads keeps its own connections, and each delivery here comes on a new
+    // connection to the sidecar, served by either thread: two connections to the app carry them all (on a
+    // loaded machine a third was seen, rarely). Without reuse there would be twenty.
+    assert!(distinct.len() <= 3, "connections used in turn: {conns:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
