@@ -8,12 +8,11 @@
 //! per idle connection, a timer per read and write, the header map built and cloned, two flushes held
 //! together with `TCP_CORK`). Paths forwarded without verification still take Pingora's streaming proxy.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{ErrorKind, IoSlice};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
-use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -51,8 +50,8 @@ const COALESCE: usize = 16 * 1024;
 const MAX_HEAD: usize = 64 * 1024;
 /// Informational answers (100 Continue, 103 Early Hints) skipped before the final one, at most.
 const MAX_INFORMATIONAL: usize = 8;
-/// Idle connections kept per server thread, at most. More concurrent deliveries than this still work;
-/// their connections are closed after use.
+/// Idle connections kept, at most. More concurrent deliveries than this still work; their connections
+/// are closed after use.
 const MAX_IDLE: usize = 256;
 
 /// The app, with a pool of keep-alive connections to it.
@@ -62,10 +61,8 @@ pub struct App {
     connect_timeout: Duration,
     read_timeout: Duration,
     keepalive: Duration,
-    /// Per server thread, most recently used at the back: reusing the warmest connection lets the others
-    /// age out. Each Pingora thread runs its own single-threaded runtime, and a socket stays registered
-    /// with the runtime that opened it; a connection is therefore only reused on the thread that made it.
-    idle: Mutex<HashMap<ThreadId, VecDeque<(TcpStream, Instant)>>>,
+    /// Most recently used at the back: reusing the warmest connection lets the others age out.
+    idle: Mutex<VecDeque<(TcpStream, Instant)>>,
 }
 
 /// An exchange whose final response head has arrived; the body is still to be read.
@@ -134,7 +131,7 @@ impl App {
             connect_timeout: cfg.connect_timeout,
             read_timeout: cfg.read_timeout,
             keepalive: cfg.keepalive_timeout,
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -182,8 +179,7 @@ impl App {
         if !exchange.reusable() {
             return;
         }
-        let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = pools.entry(std::thread::current().id()).or_default();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         while idle
             .front()
@@ -198,8 +194,7 @@ impl App {
 
     /// The warmest idle connection that is still open and within the keep-alive time.
     fn checkout(&self) -> Option<TcpStream> {
-        let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = pools.get_mut(&std::thread::current().id())?;
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((stream, since)) = idle.pop_back() {
             if since.elapsed() < self.keepalive && quiet(&stream) {
                 return Some(stream);

@@ -23,9 +23,6 @@ pub fn run(config: Config) -> ! {
         // soon as nothing is in flight. Pingora's default (300 s) is far beyond a pod's grace period.
         grace_period_seconds: Some(config.server.shutdown_grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
-        // One single-threaded runtime per thread: about 10% less CPU per delivery than the work-stealing
-        // runtime, and a p99 within 1 ms of nginx's at saturation (bench/README.md).
-        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
