@@ -2,9 +2,9 @@
 //!
 //! Deliveries are verified before a byte goes upstream, so their bodies are read whole in
 //! `request_filter`, and Pingora's proxy loop can replay such a body only from its 64 KiB retry buffer.
-//! Deliveries are therefore sent here, by a small HTTP/1.1 client of the app's own: the head and the body
+//! Deliveries are therefore sent here, by a small HTTP/1.1 client of the sidecar's own: the head and the body
 //! leave in one write, the answer is parsed with `httparse`, and idle connections wait in a plain LIFO
-//! list. Pingora's connector did the same job at about four times the CPU per delivery (a task spawned
+//! list. On Pingora's connector a delivery cost nearly twice the CPU (73 against 36 to 45 us; a task spawned
 //! per idle connection, a timer per read and write, the header map built and cloned, two flushes held
 //! together with `TCP_CORK`). Paths forwarded without verification still take Pingora's streaming proxy.
 
