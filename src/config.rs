@@ -869,6 +869,32 @@ mod tests {
     }
 
     #[test]
+    fn load_records_the_fingerprint_of_what_it_read_so_a_later_swap_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("hmac");
+        std::fs::write(&secret, "first\n").unwrap();
+        let config = dir.path().join("sidecar.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[upstream]\naddress = \"127.0.0.1:3000\"\n[auth.hmac]\nsecrets = [{{ file = \"{}\" }}]\n",
+                secret.display()
+            ),
+        )
+        .unwrap();
+        let c = Config::load(&config).unwrap();
+        assert_eq!(c.watched_files(), vec![config.clone(), secret.clone()]);
+        assert_eq!(c.fingerprint, fingerprint(&c.watched_files()));
+        // The reloader may start after this swap; it compares against what was loaded, not what it sees.
+        std::fs::write(&secret, "second\n").unwrap();
+        assert_ne!(c.fingerprint, fingerprint(&c.watched_files()));
+        assert_eq!(
+            Config::load(&config).unwrap().auth.hmac.secrets[0].key,
+            b"second"
+        );
+    }
+
+    #[test]
     fn secret_file_trailing_newline_is_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("hmac"), "abc\n").unwrap();
