@@ -48,6 +48,8 @@ impl AppFailure {
 const COALESCE: usize = 16 * 1024;
 /// An answer's head larger than this is refused (502).
 const MAX_HEAD: usize = 64 * 1024;
+/// Header lines in one answer, at most (Pingora's own limit for what it parses).
+const MAX_HEADERS: usize = 256;
 /// Informational answers (100 Continue, 103 Early Hints) skipped before the final one, at most.
 const MAX_INFORMATIONAL: usize = 8;
 /// Idle connections kept, at most. More concurrent deliveries than this still work; their connections
@@ -74,6 +76,9 @@ pub struct Exchange {
     body: Framing,
     /// The app allows another request on this connection.
     keep_alive: bool,
+    /// The app sent something (an interim answer counts): the request reached it, and must not be
+    /// retried elsewhere.
+    received: bool,
     read_timeout: Duration,
 }
 
@@ -246,6 +251,7 @@ impl App {
             status: 0,
             body: Framing::Done,
             keep_alive: false,
+            received: false,
             read_timeout: self.read_timeout,
         };
         for _ in 0..MAX_INFORMATIONAL {
@@ -381,7 +387,7 @@ impl Exchange {
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(16 * 1024);
         }
-        timed(self.read_timeout, self.stream.read_buf(&mut self.buf))
+        let n = timed(self.read_timeout, self.stream.read_buf(&mut self.buf))
             .await
             .map_err(|e| {
                 let kind = if e.kind() == ErrorKind::TimedOut {
@@ -390,13 +396,15 @@ impl Exchange {
                     ErrorType::ReadError
                 };
                 Error::because(kind, "reading the app's answer", e).into_up()
-            })
+            })?;
+        self.received |= n > 0;
+        Ok(n)
     }
 
     /// Reads one response head. `Ok(false)`: it was informational, the final one follows.
     async fn read_head(&mut self) -> Result<bool, Failed> {
         loop {
-            let mut slots = [httparse::EMPTY_HEADER; 64];
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut parsed = httparse::Response::new(&mut slots);
             match parsed.parse(&self.buf) {
                 Ok(httparse::Status::Complete(len)) => {
@@ -421,7 +429,6 @@ impl Exchange {
                 Ok(httparse::Status::Partial) => return Err(Failed::bad("answer head too large")),
                 Err(_) => return Err(Failed::bad("unparsable answer")),
             }
-            let before = self.buf.len();
             let n = match self.fill().await {
                 Ok(n) => n,
                 Err(e) => {
@@ -430,13 +437,13 @@ impl Exchange {
                     } else {
                         Failed::io(&ErrorKind::ConnectionReset.into(), "reading the answer")
                     };
-                    f.stale &= before == 0;
+                    f.stale &= !self.received;
                     return Err(f);
                 }
             };
             if n == 0 {
                 let mut f = Failed::io(&ErrorKind::UnexpectedEof.into(), "closed before answering");
-                f.stale &= before == 0;
+                f.stale &= !self.received;
                 return Err(f);
             }
         }
@@ -463,7 +470,6 @@ impl Head {
             .map_err(|_| Failed::bad("bad status"))?;
         let mut length: Option<u64> = None;
         let mut chunked = false;
-        let mut other_coding = false;
         let mut close = parsed.version == Some(0);
         for h in parsed.headers.iter() {
             let name = h.name;
@@ -477,9 +483,12 @@ impl Head {
                 }
                 length = Some(n);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
-                chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
-                other_coding |= !chunked;
+                // Only a lone `chunked` is decoded. Any other coding (gzip, chunked) would reach the
+                // sender undecoded and unlabelled once Transfer-Encoding is dropped: refused instead.
+                if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    return Err(Failed::bad("unsupported transfer-encoding"));
+                }
+                chunked = true;
             } else if name.eq_ignore_ascii_case("connection") {
                 for token in h.value.split(|b| *b == b',') {
                     let token = token.trim_ascii();
@@ -502,17 +511,15 @@ impl Head {
         }
         let body = if status == 204 || status == 304 || (100..200).contains(&status) {
             Framing::Done
-        } else if chunked && !other_coding {
+        } else if chunked {
             Framing::Chunked(Chunk::Size)
-        } else if other_coding || chunked {
-            Framing::UntilClose
         } else {
             match length {
                 Some(n) => Framing::Length(n),
                 None => Framing::UntilClose,
             }
         };
-        if chunked || other_coding {
+        if chunked {
             // RFC 9112 6.3: Transfer-Encoding overrides Content-Length, which must not be relayed.
             header.remove_header("content-length");
         }

@@ -164,7 +164,14 @@ pub fn upstream_head(original: &RequestHeader, f: &Forwarding<'_>) -> Vec<u8> {
     }
 
     let d = f.delivery;
-    let mut set = |name: &str, value: &str| line(&mut out, name.as_bytes(), value.as_bytes());
+    // Most values below came from the sender's valid headers, but a JWT's `sub` is JSON and may hold any
+    // character: a value that is not a valid header value is left out, never written (CR LF would start
+    // a header of the sender's choosing, or a second request).
+    let mut set = |name: &str, value: &str| {
+        if http::HeaderValue::from_str(value).is_ok() {
+            line(&mut out, name.as_bytes(), value.as_bytes());
+        }
+    };
     set(TOPIC, &d.topic);
     if let Some(v) = &d.sub_topic {
         set(SUB_TOPIC, v);
@@ -335,6 +342,38 @@ mod tests {
             assert!(dropped_on_forward(&name.to_ascii_lowercase()), "{name}");
         }
         assert!(!dropped_on_forward("x-custom"));
+    }
+
+    #[test]
+    fn a_jwt_subject_that_is_not_a_header_value_is_left_out() {
+        let original = req(&[("x-pps-webhook-id", "1"), ("x-pps-topic", "t")]);
+        let d = read_delivery(&original).unwrap();
+        let verified = Verified::Jwt {
+            subject: "a\r\nX-Pps-Verified: forged".into(),
+            issuer: "https://issuer.example".into(),
+        };
+        let head = upstream_head(
+            &original,
+            &Forwarding {
+                delivery: &d,
+                verified: Some(&verified),
+                strip_credentials: None,
+                client_ip: None,
+                request_id: "rid",
+                body_len: 0,
+            },
+        );
+        let wire = String::from_utf8(head).unwrap();
+        assert!(!wire.contains("forged"), "{wire}");
+        assert!(
+            !wire.to_ascii_lowercase().contains("x-pps-jwt-subject"),
+            "{wire}"
+        );
+        assert!(wire.contains("X-Pps-Verified: jwt\r\n"), "{wire}");
+        assert!(
+            wire.contains("X-Pps-Jwt-Issuer: https://issuer.example\r\n"),
+            "{wire}"
+        );
     }
 
     #[test]

@@ -527,7 +527,7 @@ async fn app_closing_its_idle_connections_costs_no_delivery_and_no_copy() {
 async fn unusual_but_valid_app_answers_are_relayed_and_garbage_is_502() {
     let app = TestApp::start().await;
     let sidecar = Sidecar::start(&app, "").await;
-    let cases: [(&str, &'static [u8], bool, u16, &str); 7] = [
+    let cases: [(&str, &'static [u8], bool, u16, &str); 8] = [
         (
             "interim 100 Continue, then the answer",
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
@@ -571,6 +571,13 @@ async fn unusual_but_valid_app_answers_are_relayed_and_garbage_is_502() {
             "bad gateway\n",
         ),
         (
+            "a transfer coding the sidecar cannot undo",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            true,
+            502,
+            "bad gateway\n",
+        ),
+        (
             "body cut short",
             b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort",
             true,
@@ -598,4 +605,21 @@ async fn unusual_but_valid_app_answers_are_relayed_and_garbage_is_502() {
             .await;
         assert_eq!(r.status, 200, "after {what}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_the_app_has_seen_is_never_sent_again_on_another_connection() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let mut conn = Conn::open(sidecar.addr).await;
+    assert_eq!(conn.send(&Delivery::json().bytes()).await.status, 200);
+    // On the pooled connection the app acknowledges receipt with an interim answer, then dies: it has the
+    // delivery, so retrying it elsewhere could process it twice.
+    app.set(Behaviour::Raw {
+        answer: b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+        close: true,
+    });
+    let r = conn.send(&Delivery::json().bytes()).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(app.count(), 2, "the second delivery reached the app once");
 }
