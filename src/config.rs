@@ -3,6 +3,7 @@
 //! Every error names the file, the key and the reason, and never echoes a value: a line of the file may
 //! hold a secret.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -398,11 +399,7 @@ impl Config {
             key: String::new(),
             reason: format!("cannot read the file: {e}"),
         })?;
-        let mut config = Self::parse(&text, path)?;
-        // Taken here rather than when the reloader starts: a file replaced in between would otherwise look
-        // like the one in force, and never be loaded.
-        config.fingerprint = fingerprint(&config.watched_files());
-        Ok(config)
+        Self::parse(&text, path)
     }
 
     /// The files whose change triggers a reload: this one and the secret files it names.
@@ -434,13 +431,25 @@ impl Config {
                 reason,
             }
         })?;
-        Validator { file, base: path }.validate(raw)
+        let v = Validator {
+            file,
+            base: path,
+            read: RefCell::new(DefaultHasher::new()),
+        };
+        // The fingerprint of exactly the bytes this config was built from, hashed as `fingerprint` hashes
+        // the files: a file replaced at any moment after its read differs from it, and is reloaded.
+        Some(text.as_bytes()).hash(&mut *v.read.borrow_mut());
+        let mut config = v.validate(raw)?;
+        config.fingerprint = v.read.borrow().finish();
+        Ok(config)
     }
 }
 
 struct Validator<'a> {
     file: String,
     base: &'a Path,
+    /// The contents of the files read, in `Config::watched_files` order.
+    read: RefCell<DefaultHasher>,
 }
 
 impl Validator<'_> {
@@ -665,6 +674,7 @@ impl Validator<'_> {
                     format!("cannot read {}: {}", path.display(), e.kind()),
                 )
             })?;
+            Some(text.as_bytes()).hash(&mut *self.read.borrow_mut());
             file = Some(path);
             text.trim_end_matches(['\n', '\r']).to_string()
         } else {
