@@ -150,7 +150,22 @@ impl App {
     ///
     /// A pooled connection the app closed while idle fails on first use; such a failure is retried on
     /// another connection, at most twice. A fresh connection's failure is final.
+    ///
+    /// The whole of it, retries and interim answers included, ends within `connect_timeout + 2 x
+    /// read_timeout` (504 past that): the delivery's dedup claim lives a little longer than that
+    /// (`server.rs`), so a copy retried by the sender can never find the claim expired while this one is
+    /// still with the app.
     pub async fn send(&self, head: Vec<u8>, body: &Bytes) -> Result<Exchange, AppFailure> {
+        let deadline = self.connect_timeout + self.read_timeout * 2;
+        tokio::time::timeout(deadline, self.attempts(head, body))
+            .await
+            .unwrap_or_else(|_| {
+                log::warn!("app exchange failed: no answer within {deadline:?} in all");
+                Err(AppFailure::Timeout)
+            })
+    }
+
+    async fn attempts(&self, head: Vec<u8>, body: &Bytes) -> Result<Exchange, AppFailure> {
         let mut head = Some(head);
         let mut attempt = 0;
         loop {

@@ -68,6 +68,26 @@ async fn app_errors_are_relayed_and_never_cached_so_the_retry_goes_through() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_never_finishes_its_answer_gets_504_before_the_claim_could_expire() {
+    // Each read gets a byte well within read_timeout_ms, so only the bound on the whole exchange
+    // (connect + 2 x read = 700 ms here) ends it; the claim lives 10 s longer than that.
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(
+        &app,
+        "[upstream]\nconnect_timeout_ms = 100\nread_timeout_ms = 300\n",
+    )
+    .await;
+    let d = Delivery::json();
+    app.set(Behaviour::Drip);
+    assert_eq!(sidecar.send(&d).await.status, 504);
+
+    app.set(Behaviour::Answer(200));
+    let retry = sidecar.send(&d).await;
+    assert_eq!(retry.status, 200, "the claim was released");
+    assert_eq!(retry.get("x-pps-duplicate"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_timeout_is_504_and_the_retry_goes_through() {
     let app = TestApp::start().await;
     let sidecar = Sidecar::start(&app, "").await;

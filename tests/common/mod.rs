@@ -71,6 +71,9 @@ pub enum Behaviour {
         answer: &'static [u8],
         close: bool,
     },
+    /// Start an answer, then send one more byte of its head every 50 ms, forever: never silent long
+    /// enough for a read timeout, never done.
+    Drip,
     /// Read the request, then close the connection without answering.
     Hang,
     Close,
@@ -164,6 +167,22 @@ async fn serve_conn(stream: TcpStream, conn: usize, state: Arc<AppState>) {
                 return;
             }
             Behaviour::Close => return,
+            Behaviour::Drip => {
+                let stream = reader.get_mut();
+                if stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if stream.write_all(b"a").await.is_err() {
+                        return;
+                    }
+                }
+            }
             Behaviour::Raw { answer, close } => {
                 if reader.get_mut().write_all(answer).await.is_err() || close {
                     return;
