@@ -90,6 +90,14 @@ pub struct WebhooksConfig {
     pub other_paths: OtherPaths,
 }
 
+impl UpstreamConfig {
+    /// The longest one exchange with the app may take, retries and interim answers included. A delivery's
+    /// dedup claim must outlive it.
+    pub fn exchange_bound(&self) -> Duration {
+        self.connect_timeout + self.read_timeout * 2
+    }
+}
+
 impl WebhooksConfig {
     /// Whether `path` is a delivery path: one of the prefixes, ending at a segment boundary.
     pub fn is_webhook_path(&self, path: &str) -> bool {

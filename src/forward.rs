@@ -63,6 +63,8 @@ pub struct App {
     connect_timeout: Duration,
     read_timeout: Duration,
     keepalive: Duration,
+    /// See `send`.
+    deadline: Duration,
     /// Most recently used at the back: reusing the warmest connection lets the others age out.
     idle: Mutex<VecDeque<(TcpStream, Instant)>>,
 }
@@ -129,8 +131,11 @@ impl Failed {
 }
 
 impl App {
-    pub fn new(cfg: &UpstreamConfig) -> Self {
+    /// `cap`: the exchange bound the dedup claims were sized for at start-up; a reload that raises the
+    /// timeouts cannot take an exchange past it.
+    pub fn new(cfg: &UpstreamConfig, cap: Duration) -> Self {
         Self {
+            deadline: cfg.exchange_bound().min(cap),
             addr: cfg.socket_addr,
             peer: peer(cfg),
             connect_timeout: cfg.connect_timeout,
@@ -156,7 +161,7 @@ impl App {
     /// (`server.rs`), so a copy retried by the sender can never find the claim expired while this one is
     /// still with the app.
     pub async fn send(&self, head: Vec<u8>, body: &Bytes) -> Result<Exchange, AppFailure> {
-        let deadline = self.connect_timeout + self.read_timeout * 2;
+        let deadline = self.deadline;
         tokio::time::timeout(deadline, self.attempts(head, body))
             .await
             .unwrap_or_else(|_| {

@@ -113,6 +113,9 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.server.shutdown_grace != new.server.shutdown_grace {
         out.push("server.shutdown_grace_seconds");
     }
+    if new.upstream.exchange_bound() > old.upstream.exchange_bound() {
+        out.push("upstream timeouts (raised: one exchange with the app stays capped at the start-up connect + 2 x read)");
+    }
     let (a, b) = (&old.dedup, &new.dedup);
     if a.ttl != b.ttl || a.max_entries != b.max_entries || a.backend != b.backend {
         out.push("dedup.ttl_seconds, max_entries or backend");

@@ -76,15 +76,19 @@ pub struct Live {
 pub struct Shared {
     live: RwLock<Arc<Live>>,
     pub dedup: Dedup,
+    /// The start-up config's `UpstreamConfig::exchange_bound`, which sized the dedup claims.
+    exchange_cap: Duration,
 }
 
 impl Shared {
     pub fn new(config: Config, dedup: Dedup) -> Self {
-        let app = Arc::new(App::new(&config.upstream));
+        let exchange_cap = config.upstream.exchange_bound();
+        let app = Arc::new(App::new(&config.upstream, exchange_cap));
         let jwt = jwt_verifier(&config, None);
         Self {
             live: RwLock::new(Arc::new(Live { config, app, jwt })),
             dedup,
+            exchange_cap,
         }
     }
 
@@ -99,7 +103,7 @@ impl Shared {
         let app = if old.config.upstream == config.upstream {
             old.app.clone()
         } else {
-            Arc::new(App::new(&config.upstream))
+            Arc::new(App::new(&config.upstream, self.exchange_cap))
         };
         let jwt = jwt_verifier(&config, old.jwt.as_ref());
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Live { config, app, jwt });

@@ -29,9 +29,7 @@ pub fn run(config: Config) -> ! {
     server.bootstrap();
 
     // A claim whose owner vanished must not outlive the longest possible exchange with the app.
-    let in_flight_ttl = config.upstream.connect_timeout
-        + config.upstream.read_timeout * 2
-        + Duration::from_secs(10);
+    let in_flight_ttl = config.upstream.exchange_bound() + Duration::from_secs(10);
     let d = &config.dedup;
     let local = MemoryStore::new(d.max_entries, d.ttl, in_flight_ttl);
     let store: Arc<dyn DedupStore> = match (d.backend, &d.redis_url) {
