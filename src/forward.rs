@@ -424,30 +424,8 @@ impl Exchange {
     /// Reads one response head. `Ok(false)`: it was informational, the final one follows.
     async fn read_head(&mut self) -> Result<bool, Failed> {
         loop {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Response::new(&mut slots);
-            match parsed.parse(&self.buf) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let head = Head::of(&parsed)?;
-                    self.buf.advance(len);
-                    if (100..200).contains(&head.status) {
-                        if head.status == 101 {
-                            return Err(Failed::bad("the app switched protocols"));
-                        }
-                        return Ok(false);
-                    }
-                    self.status = head.status;
-                    self.keep_alive = head.keep_alive;
-                    self.body = head.body;
-                    if matches!(self.body, Framing::UntilClose) {
-                        self.keep_alive = false;
-                    }
-                    self.header = Some(head.header);
-                    return Ok(true);
-                }
-                Ok(httparse::Status::Partial) if self.buf.len() < MAX_HEAD => {}
-                Ok(httparse::Status::Partial) => return Err(Failed::bad("answer head too large")),
-                Err(_) => return Err(Failed::bad("unparsable answer")),
+            if let Some(is_final) = self.parse_head()? {
+                return Ok(is_final);
             }
             let n = match self.fill().await {
                 Ok(n) => n,
@@ -467,6 +445,39 @@ impl Exchange {
                 return Err(f);
             }
         }
+    }
+
+    /// Parses a head from the buffer: `None` until it is complete, then whether it was the final one.
+    /// Not async, so that its header slots live on the stack, not in every future awaiting an answer.
+    fn parse_head(&mut self) -> Result<Option<bool>, Failed> {
+        // Uninitialised slots: zeroing 256 of them for every answer would cost more than parsing it.
+        let mut slots =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let parsing = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            &self.buf,
+            &mut slots,
+        );
+        let len = match parsing {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if self.buf.len() < MAX_HEAD => return Ok(None),
+            Ok(httparse::Status::Partial) => return Err(Failed::bad("answer head too large")),
+            Err(_) => return Err(Failed::bad("unparsable answer")),
+        };
+        let head = Head::of(&parsed)?;
+        self.buf.advance(len);
+        if (100..200).contains(&head.status) {
+            if head.status == 101 {
+                return Err(Failed::bad("the app switched protocols"));
+            }
+            return Ok(Some(false));
+        }
+        self.status = head.status;
+        self.keep_alive = head.keep_alive && !matches!(head.body, Framing::UntilClose);
+        self.body = head.body;
+        self.header = Some(head.header);
+        Ok(Some(true))
     }
 
     /// The body was read to its end, nothing else is pending, and the app keeps the connection open.
