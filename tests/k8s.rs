@@ -194,9 +194,10 @@ async fn pod_config_from_the_configmap_processes_signed_forged_and_duplicate_del
     // The pod, mapped to loopback as k8s/README.md describes: the sidecar's 0.0.0.0:8080 and 0.0.0.0:9090
     // and the app's 127.0.0.1:3000 become free loopback ports, and the Secret mounted at
     // /etc/pps-sidecar/secrets/hmac becomes a file in a temporary folder. Nothing else changes.
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let app: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let [listen_port, admin_port, app_port] = free_ports();
+    let listen: SocketAddr = format!("127.0.0.1:{listen_port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let app: SocketAddr = format!("127.0.0.1:{app_port}").parse().unwrap();
     let secret_file = dir.path().join("secrets").join("hmac");
     std::fs::create_dir_all(secret_file.parent().unwrap()).unwrap();
     // As `kubectl create secret generic pps-webhook-secret --from-literal=hmac=...` stores it.

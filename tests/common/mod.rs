@@ -532,11 +532,14 @@ impl Delivery {
 // ---- the sidecar ----------------------------------------------------------------------------
 
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free ports: all are held at once while they are picked, so the kernel cannot hand the
+/// same one out twice (it did: a sidecar got the same port for its listener and its admin endpoint).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: [StdListener; N] = std::array::from_fn(|_| StdListener::bind("127.0.0.1:0").unwrap());
+    held.map(|l| l.local_addr().unwrap().port())
 }
 
 pub fn binary() -> &'static str {
@@ -564,8 +567,9 @@ impl Sidecar {
 
     pub async fn start_with(app: SocketAddr, extra: &str, env: &[(&str, &str)]) -> Sidecar {
         let dir = tempfile::tempdir().unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let [port, admin_port] = free_ports();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
         let base = format!(
             "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\nthreads = 2\n\n[upstream]\naddress = \"{app}\"\nread_timeout_ms = 2000\n\n[auth.hmac]\nsecrets = [{{ value = \"{SECRET}\" }}]\n"
         );
