@@ -306,15 +306,9 @@ impl Exchange {
                     return Ok(None);
                 }
                 Framing::Length(left) => {
-                    if self.buf.is_empty() && self.fill().await? == 0 {
-                        return upstream(ErrorType::ConnectionClosed, "app body cut short");
-                    }
-                    let n = self
-                        .buf
-                        .len()
-                        .min(usize::try_from(left).unwrap_or(usize::MAX));
-                    self.body = Framing::Length(left - n as u64);
-                    return Ok(Some(self.buf.split_to(n).freeze()));
+                    let data = self.take(left).await?;
+                    self.body = Framing::Length(left - data.len() as u64);
+                    return Ok(Some(data));
                 }
                 Framing::UntilClose => {
                     if self.buf.is_empty() && self.fill().await? == 0 {
@@ -353,20 +347,14 @@ impl Exchange {
                 Ok(None)
             }
             Chunk::Data(left) => {
-                if self.buf.is_empty() && self.fill().await? == 0 {
-                    return upstream(ErrorType::ConnectionClosed, "app body cut short");
-                }
-                let n = self
-                    .buf
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX));
-                let rest = left - n as u64;
+                let data = self.take(left).await?;
+                let rest = left - data.len() as u64;
                 self.body = Framing::Chunked(if rest == 0 {
                     Chunk::DataEnd
                 } else {
                     Chunk::Data(rest)
                 });
-                Ok(Some(self.buf.split_to(n).freeze()))
+                Ok(Some(data))
             }
             Chunk::DataEnd => {
                 if !self.line().await?.is_empty() {
@@ -383,6 +371,18 @@ impl Exchange {
                 Ok(None)
             }
         }
+    }
+
+    /// Up to `left` bytes of body data, at least one: what is buffered, or the next read.
+    async fn take(&mut self, left: u64) -> Result<Bytes, Box<Error>> {
+        if self.buf.is_empty() && self.fill().await? == 0 {
+            return upstream(ErrorType::ConnectionClosed, "app body cut short");
+        }
+        let n = self
+            .buf
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        Ok(self.buf.split_to(n).freeze())
     }
 
     /// The next CRLF-terminated line of the body framing, without its CRLF.

@@ -121,7 +121,7 @@ pub struct Forwarding<'a> {
     pub delivery: &'a Delivery,
     /// `None` in shadow mode when verification failed: the app is told `none`.
     pub verified: Option<&'a Verified>,
-    pub strip_credentials: Option<&'a str>,
+    pub strip_credentials: Option<&'a HeaderName>,
     pub client_ip: Option<String>,
     pub request_id: &'a str,
     pub body_len: usize,
@@ -148,7 +148,7 @@ pub fn upstream_head(original: &RequestHeader, f: &Forwarding<'_>) -> Vec<u8> {
         if n == "x-forwarded-for" {
             // Folded into the one this sidecar writes below.
             if previous_xff.is_none() {
-                previous_xff = value.to_str().ok().map(str::trim).filter(|v| !v.is_empty());
+                previous_xff = value.to_str().ok();
             }
             continue;
         }
@@ -157,7 +157,7 @@ pub fn upstream_head(original: &RequestHeader, f: &Forwarding<'_>) -> Vec<u8> {
         let dropped = dropped_on_forward(n)
             || listed.iter().any(|l| l == n)
             || f.strip_credentials
-                .is_some_and(|h| n == "authorization" || h.eq_ignore_ascii_case(n));
+                .is_some_and(|h| name == http::header::AUTHORIZATION || name == h);
         if !dropped {
             line(&mut out, wire.unwrap_or(n.as_bytes()), value.as_bytes());
         }
@@ -199,11 +199,8 @@ pub fn upstream_head(original: &RequestHeader, f: &Forwarding<'_>) -> Vec<u8> {
         None => set(VERIFIED, "none"),
     }
     set(REQUEST_ID, f.request_id);
-    match (previous_xff, f.client_ip.as_deref()) {
-        (Some(prev), Some(ip)) => set(FORWARDED_FOR, &format!("{prev}, {ip}")),
-        (Some(prev), None) => set(FORWARDED_FOR, prev),
-        (None, Some(ip)) => set(FORWARDED_FOR, ip),
-        (None, None) => {}
+    if let Some(xff) = forwarded_for(previous_xff, f.client_ip.as_deref()) {
+        set(FORWARDED_FOR, &xff);
     }
     // An ingress in front may have terminated TLS and said so; otherwise the sidecar saw plain http.
     if !has_proto {
@@ -275,16 +272,22 @@ pub fn sanitize_passthrough(req: &mut RequestHeader, client_ip: Option<&str>, re
 }
 
 fn forwarded_headers(req: &mut RequestHeader, client_ip: Option<&str>) {
-    if let Some(ip) = client_ip {
-        let xff = match req.headers.get(FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.trim().is_empty() => format!("{}, {ip}", prev.trim()),
-            _ => ip.to_string(),
-        };
+    let previous = req.headers.get(FORWARDED_FOR).and_then(|v| v.to_str().ok());
+    if let Some(xff) = forwarded_for(previous, client_ip) {
         let _ = req.insert_header(FORWARDED_FOR, xff);
     }
     // An ingress in front may have terminated TLS and said so; otherwise the sidecar saw plain http.
     if req.headers.get(FORWARDED_PROTO).is_none() {
         let _ = req.insert_header(FORWARDED_PROTO, "http");
+    }
+}
+
+/// `X-Forwarded-For` as the app gets it: the sender's chain, if any, with the client's address appended.
+fn forwarded_for(previous: Option<&str>, client_ip: Option<&str>) -> Option<String> {
+    match (previous.map(str::trim).filter(|v| !v.is_empty()), client_ip) {
+        (Some(prev), Some(ip)) => Some(format!("{prev}, {ip}")),
+        (Some(prev), None) => Some(prev.to_string()),
+        (None, ip) => ip.map(str::to_string),
     }
 }
 
@@ -448,7 +451,7 @@ mod tests {
             &Forwarding {
                 delivery: &d,
                 verified: Some(&Verified::Hmac),
-                strip_credentials: Some("X-Pps-Hmac-Sha256"),
+                strip_credentials: Some(&HeaderName::from_static("x-pps-hmac-sha256")),
                 client_ip: Some("127.0.0.1".into()),
                 request_id: "rid",
                 body_len: 42,

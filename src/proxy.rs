@@ -380,7 +380,7 @@ impl Sidecar {
                 delivery,
                 verified: verified.as_ref(),
                 strip_credentials: (!cfg.auth.forward_credentials)
-                    .then_some(cfg.auth.hmac.header.as_str()),
+                    .then_some(&cfg.auth.hmac.header_key),
                 client_ip: client_ip(session),
                 request_id: &ctx.request_id,
                 body_len: body.len(),
