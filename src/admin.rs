@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`. Never the webhook path, never on the webhook port.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::metrics::METRICS;
-use crate::proxy::Shared;
+use crate::state::Shared;
 
 pub struct Admin {
     pub shared: Arc<Shared>,
@@ -39,7 +40,8 @@ impl ServeHttp for Admin {
 }
 
 impl Admin {
-    /// Ready when the config is loaded and the app accepts TCP connections. One line per check, so that
+    /// Ready when the config is loaded, the JWKS are (with JWT), the webhook listener and the app accept
+    /// TCP connections. One line per check, so that
     /// `kubectl describe` shows which one failed.
     async fn readiness(&self) -> (bool, String) {
         let live = self.shared.live();
@@ -61,31 +63,44 @@ impl Admin {
             detail.push_str(&line);
             detail.push('\n');
         }
-        let addr = live.config.upstream.socket_addr;
-        let connect = tokio::time::timeout(
-            live.config
-                .upstream
-                .connect_timeout
-                .min(Duration::from_secs(2)),
-            tokio::net::TcpStream::connect(addr),
-        )
-        .await;
-        match connect {
-            Ok(Ok(_)) => detail.push_str(&format!("app: ok ({addr})\n")),
-            Ok(Err(e)) => {
-                ready = false;
-                detail.push_str(&format!(
-                    "app: not accepting connections at {addr}: {}\n",
-                    e.kind()
-                ));
-            }
-            Err(_) => {
-                ready = false;
-                detail.push_str(&format!("app: connect to {addr} timed out\n"));
-            }
+        let limit = live
+            .config
+            .upstream
+            .connect_timeout
+            .min(Duration::from_secs(2));
+        let listener = reachable(live.config.server.listen);
+        for (what, addr) in [
+            ("webhook listener", listener),
+            ("app", live.config.upstream.socket_addr),
+        ] {
+            let line = accepts(addr, limit)
+                .await
+                .map(|()| format!("{what}: ok ({addr})"));
+            ready &= line.is_ok();
+            detail.push_str(&line.unwrap_or_else(|e| format!("{what}: {e}")));
+            detail.push('\n');
         }
         (ready, detail)
     }
+}
+
+/// Whether something accepts TCP connections at `addr` within `limit`; `Err` says what happened.
+async fn accepts(addr: SocketAddr, limit: Duration) -> Result<(), String> {
+    match tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("not accepting connections at {addr}: {}", e.kind())),
+        Err(_) => Err(format!("connect to {addr} timed out")),
+    }
+}
+
+/// The address this process reaches its own listener at: a wildcard address means loopback.
+fn reachable(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
 }
 
 fn text(status: u16, body: String) -> Response<Vec<u8>> {

@@ -131,11 +131,10 @@ impl Failed {
 }
 
 impl App {
-    /// `cap`: the exchange bound the dedup claims were sized for at start-up; a reload that raises the
-    /// timeouts cannot take an exchange past it.
-    pub fn new(cfg: &UpstreamConfig, cap: Duration) -> Self {
+    /// `deadline`: the whole exchange's, from `config::Deadlines`, within the dedup claims' lifetime.
+    pub fn new(cfg: &UpstreamConfig, deadline: Duration) -> Self {
         Self {
-            deadline: cfg.exchange_bound().min(cap),
+            deadline,
             addr: cfg.socket_addr,
             peer: peer(cfg),
             connect_timeout: cfg.connect_timeout,
@@ -158,8 +157,8 @@ impl App {
     ///
     /// The whole of it, retries and interim answers included, ends within `connect_timeout + 2 x
     /// read_timeout` (504 past that): the delivery's dedup claim lives a little longer than that
-    /// (`server.rs`), so a copy retried by the sender can never find the claim expired while this one is
-    /// still with the app.
+    /// (`config::Deadlines`), so a copy retried by the sender can never find the claim expired while this
+    /// one is still with the app.
     pub async fn send(&self, head: Vec<u8>, body: &Bytes) -> Result<Exchange, AppFailure> {
         let deadline = self.deadline;
         tokio::time::timeout(deadline, self.attempts(head, body))

@@ -153,8 +153,8 @@ pub fn upstream_head(original: &RequestHeader, f: &Forwarding<'_>) -> Vec<u8> {
             continue;
         }
         has_proto |= n == "x-forwarded-proto";
-        // `HeaderName`s are lowercase.
-        let dropped = dropped_on_forward(n)
+        // `HeaderName`s are lowercase; `_` counts as `-` (`spelled`).
+        let dropped = dropped_on_forward(&spelled(n))
             || listed.iter().any(|l| l == n)
             || f.strip_credentials
                 .is_some_and(|h| name == http::header::AUTHORIZATION || name == h);
@@ -215,30 +215,23 @@ pub fn upstream_head(original: &RequestHeader, f: &Forwarding<'_>) -> Vec<u8> {
 /// cross a proxy (RFC 9110, 7.6.1), the framing redone for the buffered body, and those the sidecar
 /// writes itself (the `X-Pps-*` it normalises, the trust headers only it may set, the request id).
 fn dropped_on_forward(lowercase: &str) -> bool {
-    matches!(
-        lowercase,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "expect"
-            | "content-length"
-            | "x-pps-verified"
-            | "x-pps-jwt-subject"
-            | "x-pps-jwt-issuer"
-            | "x-pps-triggered-at-original"
-            | "x-pps-duplicate"
-            | "x-pps-topic"
-            | "x-pps-sub-topic"
-            | "x-pps-tenant-id"
-            | "x-pps-webhook-id"
-            | "x-pps-triggered-at"
-            | "x-request-id"
-    )
+    is_hop_by_hop(lowercase)
+        || matches!(
+            lowercase,
+            "expect"
+                | "content-length"
+                | "x-pps-verified"
+                | "x-pps-jwt-subject"
+                | "x-pps-jwt-issuer"
+                | "x-pps-triggered-at-original"
+                | "x-pps-duplicate"
+                | "x-pps-topic"
+                | "x-pps-sub-topic"
+                | "x-pps-tenant-id"
+                | "x-pps-webhook-id"
+                | "x-pps-triggered-at"
+                | "x-request-id"
+        )
 }
 
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -250,7 +243,11 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Names listed in `Connection`, lowercased: hop-by-hop for this request only. Usually none.
 fn connection_listed(req: &RequestHeader) -> Vec<String> {
-    req.headers
+    connection_listed_in(&req.headers)
+}
+
+fn connection_listed_in(headers: &http::HeaderMap) -> Vec<String> {
+    headers
         .get_all("connection")
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -260,15 +257,76 @@ fn connection_listed(req: &RequestHeader) -> Vec<String> {
         .collect()
 }
 
-/// For unverified pass-through (`other_paths = "forward"`): the trust headers still never reach the app.
+/// For unverified pass-through (`other_paths = "forward"`): no trust header reaches the app in any
+/// spelling, it is told `X-Pps-Verified: none`, and hop-by-hop headers stop here. The body's framing
+/// headers stay: Pingora streams the body by them.
 pub fn sanitize_passthrough(req: &mut RequestHeader, client_ip: Option<&str>, request_id: &str) {
-    for name in TRUSTED {
-        req.remove_header(name);
+    let listed = connection_listed_in(&req.headers);
+    let doomed: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| {
+            let n = spelled(name.as_str());
+            is_trusted(&n) || is_hop_by_hop(&n) || listed.iter().any(|l| *l == n)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        req.remove_header(&name);
     }
+    let _ = req.insert_header(VERIFIED, "none");
     if req.headers.get(REQUEST_ID).is_none() {
         let _ = req.insert_header(REQUEST_ID, request_id);
     }
     forwarded_headers(req, client_ip);
+}
+
+/// The app's answer on the pass-through path: hop-by-hop headers, and those its `Connection` names,
+/// are not relayed.
+pub fn sanitize_passthrough_response(resp: &mut pingora::http::ResponseHeader) {
+    let listed = connection_listed_in(&resp.headers);
+    let doomed: Vec<HeaderName> = resp
+        .headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            (is_hop_by_hop(n) && n != "transfer-encoding") || listed.iter().any(|l| l == n)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        resp.remove_header(&name);
+    }
+}
+
+/// A lowercase header name as CGI, WSGI and Rack apps read it: `X_Pps_Verified` is `X-Pps-Verified` to them.
+fn spelled(lowercase: &str) -> std::borrow::Cow<'_, str> {
+    if lowercase.contains('_') {
+        lowercase.replace('_', "-").into()
+    } else {
+        lowercase.into()
+    }
+}
+
+/// A header only the sidecar may set, by its `spelled` name.
+fn is_trusted(spelled: &str) -> bool {
+    TRUSTED.iter().any(|t| t.eq_ignore_ascii_case(spelled))
+}
+
+/// Connection-scoped headers (RFC 9110, 7.6.1), by lowercase name, that never cross a proxy.
+fn is_hop_by_hop(lowercase: &str) -> bool {
+    matches!(
+        lowercase,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
 fn forwarded_headers(req: &mut RequestHeader, client_ip: Option<&str>) {
@@ -291,13 +349,20 @@ fn forwarded_for(previous: Option<&str>, client_ip: Option<&str>) -> Option<Stri
     }
 }
 
-/// The request id to use: the sender's, or a fresh one.
+/// The request id to use: the sender's when it is a plain token (letters, digits, `-_.:/+=@`, at most
+/// 128 bytes), or a fresh one: it goes into logs and to the app, where it must not mean more.
 pub fn request_id(req: &RequestHeader) -> String {
+    let safe = |v: &&str| {
+        !v.is_empty()
+            && v.len() <= 128
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
+    };
     req.headers
         .get(lower::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .filter(safe)
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
@@ -507,5 +572,73 @@ mod tests {
         assert!(wire.contains("X-Pps-Topic: orders/placed\r\n"), "{wire}");
         assert!(wire.contains("X-Pps-Webhook-Id: 1\r\n"), "{wire}");
         assert!(wire.ends_with("\r\n\r\n"), "{wire}");
+    }
+
+    #[test]
+    fn a_request_id_that_could_mean_more_than_an_id_is_replaced() {
+        let id = |v: &str| request_id(&req(&[("x-request-id", v)]));
+        assert_eq!(id("abc-123_x.y:z/w+1=@"), "abc-123_x.y:z/w+1=@");
+        for bad in [
+            "x outcome=forwarded",
+            "a\"b",
+            "",
+            &"a".repeat(129),
+            "caf\u{e9}",
+        ] {
+            let got = id(bad);
+            assert_ne!(got, bad);
+            assert!(uuid::Uuid::parse_str(&got).is_ok(), "{got}");
+        }
+    }
+
+    #[test]
+    fn trust_headers_and_hop_by_hop_headers_never_pass_in_any_spelling() {
+        let mut r = req(&[
+            ("X_Pps_Verified", "hmac"),
+            ("x-pps_jwt_subject", "admin"),
+            ("X-PPS-DUPLICATE", "true"),
+            ("proxy-authorization", "Basic x"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("x-custom", "kept"),
+        ]);
+        sanitize_passthrough(&mut r, None, "rid");
+        assert_eq!(r.headers.get(VERIFIED).unwrap(), "none");
+        assert_eq!(r.headers.get_all(VERIFIED).iter().count(), 1);
+        for gone in [
+            "x_pps_verified",
+            "x-pps_jwt_subject",
+            "x-pps-duplicate",
+            "proxy-authorization",
+            "connection",
+            "x-hop",
+        ] {
+            assert!(r.headers.get(gone).is_none(), "{gone}");
+        }
+        assert_eq!(r.headers.get("x-custom").unwrap(), "kept");
+
+        let original = req(&[
+            ("x-pps-webhook-id", "1"),
+            ("x-pps-topic", "t"),
+            ("X_Pps_Verified", "jwt"),
+            ("x_pps_topic", "other"),
+            ("proxy-authorization", "Basic x"),
+        ]);
+        let d = read_delivery(&original).unwrap();
+        let head = upstream_head(
+            &original,
+            &Forwarding {
+                delivery: &d,
+                verified: Some(&Verified::Hmac),
+                strip_credentials: None,
+                client_ip: None,
+                request_id: "rid",
+                body_len: 0,
+            },
+        );
+        let wire = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        assert!(!wire.contains("x_pps"), "{wire}");
+        assert!(!wire.contains("proxy-authorization"), "{wire}");
+        assert!(wire.contains("x-pps-verified: hmac\r\n"), "{wire}");
     }
 }

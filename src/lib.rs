@@ -1,8 +1,8 @@
 //! pps-sidecar: verifies, deduplicates and normalises Pitchpoint webhook deliveries in front of an app.
 //!
-//! Where to look: a delivery is verified in [`auth`], deduplicated in [`dedup`], its headers rewritten in
-//! [`headers`], and the whole path runs in [`proxy::Sidecar::request_filter`], which hands the request to
-//! the app through [`forward`].
+//! Where to look: the path of a delivery is drawn at the top of [`proxy`]; it is verified in [`auth`],
+//! deduplicated in [`dedup`], its headers rewritten in [`headers`], and sent to the app through
+//! [`forward`]. The configuration is [`config`]; the state in force, swapped on reload, is [`state`].
 
 pub mod admin;
 pub mod auth;
@@ -11,7 +11,11 @@ pub mod dedup;
 pub mod forward;
 pub mod headers;
 pub mod lifecycle;
+pub mod logging;
 pub mod metrics;
+pub mod outcome;
+pub mod paths;
 pub mod proxy;
 pub mod server;
+pub mod state;
 pub mod timefmt;

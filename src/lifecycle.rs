@@ -8,9 +8,9 @@ use pingora::server::{ExecutionPhase, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::config::{Config, fingerprint};
+use crate::config::{Config, Deadlines, fingerprint};
 use crate::metrics::{self, METRICS};
-use crate::proxy::Shared;
+use crate::state::Shared;
 
 /// How often the config file and the secret files are checked for changes.
 const POLL: Duration = Duration::from_secs(1);
@@ -74,7 +74,7 @@ impl Reloader {
         let old = self.shared.live();
         match Config::load(&old.config.path) {
             Ok(new) => {
-                for what in restart_needed(&old.config, &new) {
+                for what in restart_needed(&old.config, &new, self.shared.startup) {
                     log::warn!(
                         "reload ({reason}): {what} changed; it takes effect after a restart"
                     );
@@ -99,7 +99,7 @@ impl Reloader {
 }
 
 /// The settings a running process cannot change: its listeners, threads and dedup store.
-fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+fn restart_needed(old: &Config, new: &Config, startup: Deadlines) -> Vec<&'static str> {
     let mut out = Vec::new();
     if old.server.listen != new.server.listen {
         out.push("server.listen");
@@ -113,7 +113,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.server.shutdown_grace != new.server.shutdown_grace {
         out.push("server.shutdown_grace_seconds");
     }
-    if new.upstream.exchange_bound() > old.upstream.exchange_bound() {
+    if new.upstream.deadlines().exchange > startup.exchange {
         out.push("upstream timeouts (raised: one exchange with the app stays capped at the start-up connect + 2 x read)");
     }
     let (a, b) = (&old.dedup, &new.dedup);

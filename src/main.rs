@@ -10,7 +10,7 @@ use pps_sidecar::auth::hmac;
 /// free lists make the many small per-request allocations (headers, buffers) cheap.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use pps_sidecar::config::{Config, Method};
+use pps_sidecar::config::{Backend, Config, Method};
 
 /// Verifies, deduplicates and normalises Pitchpoint webhooks in front of an app.
 #[derive(Parser)]
@@ -65,15 +65,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
-            // Plain lines, written as they are: no colour detection and stripping, no indentation
-            // pass. Every delivery logs one line, so this is on the hot path.
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-                .format_indent(None)
-                .init();
             let config = match load(cli.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            pps_sidecar::logging::init(config.server.log_format);
             pps_sidecar::server::run(config)
         }
         Command::Check => match load(cli.config) {
@@ -128,8 +124,8 @@ fn summary(c: &Config) -> String {
         if c.auth.enforce { "" } else { " (shadow mode)" },
         if c.dedup.enabled {
             let backend = match c.dedup.backend {
-                pps_sidecar::config::Backend::Memory => "memory",
-                pps_sidecar::config::Backend::Redis => "redis",
+                Backend::Memory => "memory",
+                Backend::Redis => "redis",
             };
             format!("{backend}, ttl {}s", c.dedup.ttl.as_secs())
         } else {

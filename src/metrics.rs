@@ -7,8 +7,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::auth::Failure;
-use crate::proxy::Outcome;
+use crate::outcome::{Failure, Outcome};
 
 /// Upper bounds of the app latency histogram, in seconds.
 const BUCKETS: [f64; 13] = [
@@ -59,11 +58,11 @@ impl Metrics {
     }
 
     pub fn request(&self, outcome: Outcome) {
-        self.requests[outcome as usize].fetch_add(1, Relaxed);
+        self.requests[outcome.index()].fetch_add(1, Relaxed);
     }
 
     pub fn auth_failure(&self, f: Failure) {
-        self.auth_failures[f as usize].fetch_add(1, Relaxed);
+        self.auth_failures[f.index()].fetch_add(1, Relaxed);
     }
 
     /// The app answered `status` after `elapsed`.
@@ -126,7 +125,7 @@ impl Metrics {
                 "Requests by outcome.",
             ),
             "outcome",
-            Outcome::ALL.map(|o| (o.as_str(), load(&self.requests[o as usize]))),
+            Outcome::ALL.map(|o| (o.label(), load(&self.requests[o.index()]))),
         );
         labelled(
             w,
@@ -136,7 +135,7 @@ impl Metrics {
                 "Deliveries whose authentication failed, by reason (in shadow mode too).",
             ),
             "reason",
-            Failure::ALL.map(|f| (f.reason(), load(&self.auth_failures[f as usize]))),
+            Failure::ALL.map(|f| (f.reason(), load(&self.auth_failures[f.index()]))),
         );
         let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
         labelled(

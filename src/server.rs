@@ -1,7 +1,6 @@
 //! Wiring: the Pingora server with the proxy service and the admin service.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
@@ -13,10 +12,21 @@ use crate::dedup::memory::MemoryStore;
 use crate::dedup::redis::RedisStore;
 use crate::dedup::{Dedup, DedupStore};
 use crate::lifecycle::{self, JwksRefresher, Reloader};
-use crate::proxy::{Shared, Sidecar};
+use crate::proxy::Sidecar;
+use crate::state::Shared;
 
-/// Runs until SIGTERM/SIGINT; never returns.
+/// Runs until SIGTERM/SIGINT; never returns. Exits 1 at once when a listener cannot be bound: Pingora
+/// would keep retrying while the pod looks alive.
 pub fn run(config: Config) -> ! {
+    for (key, addr) in [
+        ("server.listen", config.server.listen),
+        ("server.admin_listen", config.server.admin_listen),
+    ] {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            log::error!("cannot listen on {addr} ({key}): {e}");
+            std::process::exit(1);
+        }
+    }
     let conf = ServerConf {
         threads: config.server.threads,
         // SIGTERM: Pingora stops accepting, then waits this long; `exit_when_drained` ends the wait as
@@ -28,8 +38,7 @@ pub fn run(config: Config) -> ! {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    // A claim whose owner vanished must not outlive the longest possible exchange with the app.
-    let in_flight_ttl = config.upstream.exchange_bound() + Duration::from_secs(10);
+    let in_flight_ttl = config.upstream.deadlines().claim;
     let d = &config.dedup;
     let local = MemoryStore::new(d.max_entries, d.ttl, in_flight_ttl);
     let store: Arc<dyn DedupStore> = match (d.backend, &d.redis_url) {

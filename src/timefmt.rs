@@ -16,6 +16,10 @@ pub struct Timestamp {
 /// Parses `Y-M-D[T ]H:M[:S[.f]][Z|±HH:MM|±HHMM]`, one- or two-digit fields allowed; no zone means UTC.
 pub fn parse_lenient(input: &str) -> Option<Timestamp> {
     let s = input.trim();
+    // Every valid form is ASCII; anything else is refused before any slicing by byte position.
+    if !s.is_ascii() {
+        return None;
+    }
     let sep = s.find(['T', 't', ' '])?;
     let (date, rest) = (&s[..sep], s[sep + 1..].trim_start());
 
@@ -233,5 +237,29 @@ mod tests {
         let t = parse_lenient("2026-12-31T00:00:00Z").unwrap();
         assert_eq!(t.unix, 1_798_675_200);
         assert_eq!(format_rfc3339(&t), "2026-12-31T00:00:00Z");
+    }
+
+    #[test]
+    fn a_multibyte_character_where_a_zone_digit_belongs_is_refused_not_a_panic() {
+        assert_eq!(parse_lenient("2024-01-01T10:00+1\u{20ac}"), None);
+        assert_eq!(parse_lenient("2024-01-01T10:00+\u{20ac}1"), None);
+        assert_eq!(parse_lenient("2024-01-1T10:00:00.7\u{20ac}Z"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_or_is_refused_without_panicking(s in "\\PC{0,40}") {
+            let _ = parse_lenient(&s);
+        }
+
+        #[test]
+        fn timestamp_shaped_text_with_any_characters_never_panics(
+            prefix in "[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}[T ][0-9]{1,2}:[0-9]{1,2}",
+            tail in "[0-9:.,+Zz\\- \u{20ac}\u{e9}\u{1F600}]{0,12}",
+        ) {
+            if let Some(ts) = parse_lenient(&format!("{prefix}{tail}")) {
+                proptest::prop_assert!(parse_lenient(&format_rfc3339(&ts)).is_some());
+            }
+        }
     }
 }

@@ -389,14 +389,20 @@ async fn other_paths_forward_passes_through_unverified_without_trust_headers() {
     let sidecar = Sidecar::start(&app, "[webhooks]\nother_paths = \"forward\"\n").await;
     let r = send(
         sidecar.addr,
-        b"GET /status HTTP/1.1\r\nHost: x\r\nX-Pps-Verified: hmac\r\nX-Pps-Jwt-Subject: root\r\n\r\n",
+        b"GET /status HTTP/1.1\r\nHost: x\r\nX-Pps-Verified: hmac\r\nX_Pps_Verified: hmac\r\nX-Pps-Jwt-Subject: root\r\nProxy-Authorization: Basic eA==\r\n\r\n",
     )
     .await;
     assert_eq!(r.status, 200);
     let req = &app.requests()[0];
     assert_eq!(req.path, "/status");
-    assert_eq!(req.get("x-pps-verified"), None);
+    assert_eq!(req.all("x-pps-verified"), vec!["none"], "the app is told");
+    assert_eq!(
+        req.get("x_pps_verified"),
+        None,
+        "CGI would read it as X-Pps-Verified"
+    );
     assert_eq!(req.get("x-pps-jwt-subject"), None);
+    assert_eq!(req.get("proxy-authorization"), None, "hop-by-hop");
     assert_eq!(req.get("x-forwarded-for"), Some("127.0.0.1"));
 }
 

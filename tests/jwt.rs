@@ -295,3 +295,77 @@ async fn with_hmac_and_jwt_either_credential_alone_is_enough() {
     assert_eq!(sidecar.send(&nothing).await.status, 403);
     assert_eq!(app.count(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_token_gets_503_not_403_while_the_issuers_keys_cannot_be_loaded() {
+    let key = TestKey::generate("k1");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let app = TestApp::start().await;
+    let issuer_url = format!("http://{addr}/late-project");
+    let toml = format!(
+        "[auth]\nmethods = [\"jwt\"]\n\n[[auth.jwt.issuers]]\nissuer = \"{issuer_url}\"\naudiences = [\"late-project\"]\n"
+    );
+    let sidecar = Sidecar::start(&app, &toml).await;
+    let t = now();
+    let claims = json!({ "iss": issuer_url, "aud": "late-project", "sub": "pitchpoint-webhooks",
+                         "iat": t, "exp": t + 3600 });
+    let r = sidecar
+        .send(&bearer(Delivery::json(), &key.token(&claims)))
+        .await;
+    assert_eq!(r.status, 503, "undecidable is not forged: {}", r.text());
+    assert!(
+        r.get("retry-after").is_some(),
+        "Pitchpoint is told to retry"
+    );
+    assert_eq!(app.count(), 0);
+    sidecar.log_with("auth_failure=keys_not_loaded", 1).await;
+
+    let _issuer = TestIssuer::start_on(addr, "late-project", &[&key]).await;
+    wait_ready(&sidecar).await;
+    let r = sidecar
+        .send(&bearer(Delivery::json(), &key.token(&claims)))
+        .await;
+    assert_eq!(r.status, 200, "the retry goes through once the keys load");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_allow_lists_refuse_other_subjects_and_unverified_emails() {
+    let key = TestKey::generate("k1");
+    let issuer = TestIssuer::start("my-project", &[&key]).await;
+    let app = TestApp::start().await;
+    let by_subject = jwt_sidecar(&app, &issuer, "subjects = [\"pitchpoint-webhooks\"]\n").await;
+    let mut other = issuer.claims();
+    other["sub"] = json!("any-firebase-user");
+    let r = by_subject
+        .send(&bearer(Delivery::json(), &key.token(&other)))
+        .await;
+    assert_eq!(r.status, 403);
+    let r = by_subject
+        .send(&bearer(Delivery::json(), &key.token(&issuer.claims())))
+        .await;
+    assert_eq!(r.status, 200);
+    by_subject
+        .log_with("auth_failure=subject_not_allowed", 1)
+        .await;
+
+    let by_email = jwt_sidecar(&app, &issuer, "emails = [\"hooks@pitchpoint.example\"]\n").await;
+    let mut claims = issuer.claims();
+    claims["email"] = json!("Hooks@Pitchpoint.example");
+    claims["email_verified"] = json!(false);
+    let r = by_email
+        .send(&bearer(Delivery::json(), &key.token(&claims)))
+        .await;
+    assert_eq!(r.status, 403, "an unverified email proves nothing");
+    claims["email_verified"] = json!(true);
+    let r = by_email
+        .send(&bearer(Delivery::json(), &key.token(&claims)))
+        .await;
+    assert_eq!(r.status, 200);
+    claims["email"] = json!("someone@else.example");
+    let r = by_email
+        .send(&bearer(Delivery::json(), &key.token(&claims)))
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(app.count(), 2);
+}

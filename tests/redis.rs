@@ -43,7 +43,7 @@ impl TestRedis {
 
     fn toml(&self) -> String {
         format!(
-            "[dedup]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}/\"\nin_flight_wait_ms = 5000\n",
+            "[dedup]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}/\"\nredis_prefix = \"test-app:\"\nin_flight_wait_ms = 5000\n",
             self.port
         )
     }
@@ -167,16 +167,8 @@ async fn deliveries_flow_while_redis_is_down_and_sharing_resumes_when_it_is_back
 async fn keys_are_namespaced_by_the_configured_prefix() {
     let redis = TestRedis::start(free_port()).await;
     let app = TestApp::start().await;
-    let a = Sidecar::start(
-        &app,
-        &format!("{}redis_prefix = \"app-a:\"\n", redis.toml()),
-    )
-    .await;
-    let b = Sidecar::start(
-        &app,
-        &format!("{}redis_prefix = \"app-b:\"\n", redis.toml()),
-    )
-    .await;
+    let a = Sidecar::start(&app, &redis.toml().replace("test-app:", "app-a:")).await;
+    let b = Sidecar::start(&app, &redis.toml().replace("test-app:", "app-b:")).await;
     let d = Delivery::json();
     assert_eq!(a.send(&d).await.status, 200);
     let r = b.send(&d).await;

@@ -63,6 +63,8 @@ struct Key {
 #[derive(Deserialize)]
 struct Claims {
     sub: Option<String>,
+    email: Option<String>,
+    email_verified: Option<bool>,
     iss: String,
     iat: Option<f64>,
 }
@@ -111,12 +113,7 @@ impl JwtVerifier {
                 .issuers
                 .iter()
                 .zip(&config.issuers)
-                .all(|(a, b)| {
-                    a.issuer == b.issuer
-                        && a.audiences == b.audiences
-                        && a.jwks_uri == b.jwks_uri
-                        && a.algorithms == b.algorithms
-                })
+                .all(|(a, b)| a == b)
     }
 
     /// Issuers whose keys are not loaded yet, for `/readyz`.
@@ -213,6 +210,7 @@ impl JwtVerifier {
         {
             return Err(Failure::NotYetValid);
         }
+        allowed(&issuer.config, &data.claims)?;
         Ok(Verified::Jwt {
             subject: data.claims.sub.unwrap_or_default(),
             issuer: data.claims.iss,
@@ -359,4 +357,28 @@ pub fn bearer(value: &[u8]) -> Option<&str> {
     let s = std::str::from_utf8(value).ok()?.trim();
     let (scheme, token) = s.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The issuer's allow-lists: for a Firebase project, any of its users holds a valid token, so an issuer
+/// may name the subjects, or the verified emails, that speak for Pitchpoint.
+fn allowed(issuer: &IssuerConfig, claims: &Claims) -> Result<(), Failure> {
+    if !issuer.subjects.is_empty()
+        && !claims
+            .sub
+            .as_ref()
+            .is_some_and(|s| issuer.subjects.contains(s))
+    {
+        return Err(Failure::SubjectNotAllowed);
+    }
+    if !issuer.emails.is_empty() {
+        let verified = claims.email_verified == Some(true);
+        let listed = claims
+            .email
+            .as_ref()
+            .is_some_and(|e| issuer.emails.iter().any(|a| a.eq_ignore_ascii_case(e)));
+        if !(verified && listed) {
+            return Err(Failure::EmailNotAllowed);
+        }
+    }
+    Ok(())
 }

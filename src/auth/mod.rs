@@ -6,6 +6,7 @@ pub mod jwt;
 use pingora::http::RequestHeader;
 
 use crate::config::{AuthConfig, Method};
+pub use crate::outcome::Failure;
 
 /// How a delivery was authenticated; the app receives it as `X-Pps-Verified`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,63 +20,6 @@ impl Verified {
         match self {
             Verified::Hmac => "hmac",
             Verified::Jwt { .. } => "jwt",
-        }
-    }
-}
-
-/// Why a delivery was refused. Logged and counted; never sent to the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    MissingCredentials,
-    AmbiguousCredentials,
-    MalformedSignature,
-    BadSignature,
-    NoValidSecret,
-    MalformedToken,
-    UntrustedIssuer,
-    WrongAudience,
-    Expired,
-    NotYetValid,
-    MissingClaim,
-    DisallowedAlgorithm,
-    UnknownKey,
-    KeysNotLoaded,
-}
-
-impl Failure {
-    pub const ALL: [Failure; 14] = [
-        Failure::MissingCredentials,
-        Failure::AmbiguousCredentials,
-        Failure::MalformedSignature,
-        Failure::BadSignature,
-        Failure::NoValidSecret,
-        Failure::MalformedToken,
-        Failure::UntrustedIssuer,
-        Failure::WrongAudience,
-        Failure::Expired,
-        Failure::NotYetValid,
-        Failure::MissingClaim,
-        Failure::DisallowedAlgorithm,
-        Failure::UnknownKey,
-        Failure::KeysNotLoaded,
-    ];
-
-    pub fn reason(self) -> &'static str {
-        match self {
-            Failure::MissingCredentials => "missing_credentials",
-            Failure::AmbiguousCredentials => "ambiguous_credentials",
-            Failure::MalformedSignature => "malformed_signature",
-            Failure::BadSignature => "bad_signature",
-            Failure::NoValidSecret => "no_valid_secret",
-            Failure::MalformedToken => "malformed_token",
-            Failure::UntrustedIssuer => "untrusted_issuer",
-            Failure::WrongAudience => "wrong_audience",
-            Failure::Expired => "expired",
-            Failure::NotYetValid => "not_yet_valid",
-            Failure::MissingClaim => "missing_claim",
-            Failure::DisallowedAlgorithm => "disallowed_algorithm",
-            Failure::UnknownKey => "unknown_key",
-            Failure::KeysNotLoaded => "keys_not_loaded",
         }
     }
 }

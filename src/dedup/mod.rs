@@ -101,6 +101,15 @@ impl ClaimGuard {
     }
 }
 
+impl ClaimGuard {
+    /// Frees the key whatever the app answered: for a delivery that must not be remembered as done.
+    pub async fn release(mut self) {
+        if let Some(store) = self.store.take() {
+            store.release(&self.key, self.token).await;
+        }
+    }
+}
+
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
         if let Some(store) = self.store.take() {

@@ -1,0 +1,379 @@
+//! The configuration: the TOML file as written (`raw`), validated whole into the types below
+//! (`validate`), with its secrets resolved (`secrets`). Used read-only; replaced whole on reload.
+//!
+//! Every error names the file, the key and the reason, and never echoes a value: a line of the file may
+//! hold a secret.
+
+mod raw;
+mod secrets;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use raw::{Backend, LogFormat, Method, OtherPaths};
+pub use secrets::{Secret, fingerprint};
+pub use validate::check_fetch_url;
+
+use crate::paths::Route;
+
+/// A configuration error: which file, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.reason)
+        } else {
+            write!(f, "{}: key `{}`: {}", self.file, self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    /// The contents of `watched_files` when this was loaded: a reload is due once they differ.
+    pub fingerprint: u64,
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub webhooks: WebhooksConfig,
+    pub auth: AuthConfig,
+    pub dedup: DedupConfig,
+    pub filters: FiltersConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub threads: usize,
+    /// On SIGTERM, deliveries in flight get this long to finish. Below Kubernetes' default 30 s
+    /// `terminationGracePeriodSeconds`, so the pod is never killed mid-delivery.
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// As written, for logs.
+    pub address: String,
+    pub socket_addr: SocketAddr,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// How long an idle pooled connection to the app is kept. Below the app's own keep-alive timeout
+    /// (Node's is 5 s) so that the sidecar rarely writes into a connection the app is closing.
+    pub keepalive_timeout: Duration,
+}
+
+impl UpstreamConfig {
+    /// The deadlines these timeouts imply.
+    pub fn deadlines(&self) -> Deadlines {
+        Deadlines::new(self.connect_timeout, self.read_timeout)
+    }
+}
+
+/// How long one exchange with the app may take, and how long a dedup claim lives: the one place that
+/// states the rule "a claim outlives the whole exchange", so that a copy retried by the sender can never
+/// find the claim expired while the first copy is still with the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// Connect, write, and every wait for the answer's head, informational answers included.
+    pub exchange: Duration,
+    /// A claim whose owner vanished (a crash, a lost release) blocks its key this long, at most.
+    pub claim: Duration,
+}
+
+impl Deadlines {
+    /// Margin between the end of the longest exchange and the end of its claim: settling the claim
+    /// (a Redis round trip at worst) happens in it.
+    const CLAIM_MARGIN: Duration = Duration::from_secs(10);
+
+    fn new(connect: Duration, read: Duration) -> Self {
+        let exchange = connect + read * 2;
+        Self {
+            exchange,
+            claim: exchange + Self::CLAIM_MARGIN,
+        }
+    }
+
+    /// These deadlines within the claims already made under `startup`: the dedup stores' claim lifetime
+    /// is fixed when they are built, so a reload may shorten an exchange but never stretch it past them.
+    pub fn within(self, startup: Deadlines) -> Deadlines {
+        Deadlines {
+            exchange: self.exchange.min(startup.exchange),
+            claim: startup.claim,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhooksConfig {
+    pub paths: Vec<String>,
+    pub max_body_bytes: usize,
+    pub other_paths: OtherPaths,
+}
+
+impl WebhooksConfig {
+    /// Whether `path` is a delivery path, in any spelling an app's router may give it (`paths`).
+    pub fn route(&self, path: &str) -> Route {
+        crate::paths::route(path, &self.paths)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub methods: Vec<Method>,
+    pub enforce: bool,
+    /// Forward `X-Pps-Hmac-Sha256` and `Authorization` to the app instead of removing them.
+    pub forward_credentials: bool,
+    pub hmac: HmacConfig,
+    pub jwt: JwtConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct HmacConfig {
+    /// As configured, for display.
+    pub header: String,
+    /// The same, parsed once: looked up on every delivery.
+    pub header_key: http::HeaderName,
+    pub secrets: Vec<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub leeway_seconds: u64,
+    pub jwks_refresh: Duration,
+    pub issuers: Vec<IssuerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuerConfig {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub jwks_uri: Option<String>,
+    pub algorithms: Vec<String>,
+    /// Allowed `sub` values; empty: any subject of this issuer.
+    pub subjects: Vec<String>,
+    /// Allowed `email` values (with `email_verified = true`); empty: no condition on the email.
+    pub emails: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DedupConfig {
+    pub enabled: bool,
+    pub ttl: Duration,
+    pub max_entries: u64,
+    pub backend: Backend,
+    pub redis_url: Option<String>,
+    /// Prepended to every Redis key, so that several apps can share one Redis. Required with Redis.
+    pub redis_prefix: String,
+    /// Each Redis operation gives up after this and falls back to the local cache.
+    pub redis_timeout: Duration,
+    /// How long a duplicate waits for the first copy, still in flight, before it is answered 503.
+    pub in_flight_wait: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FiltersConfig {
+    pub topics: Vec<String>,
+    pub sub_topics: Vec<String>,
+    pub tenants: Vec<String>,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`, resolving every secret it references.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            key: String::new(),
+            reason: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text` as if read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        validate::parse(text, path)
+    }
+
+    /// The files whose change triggers a reload: this one and the secret files it names.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        files.extend(self.auth.hmac.secrets.iter().filter_map(|s| s.file.clone()));
+        files
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/pps/sidecar.toml"))
+    }
+
+    const MINIMAL: &str = r#"
+        [upstream]
+        address = "127.0.0.1:3000"
+        [auth.hmac]
+        secrets = [{ value = "s3cr3t-value" }]
+    "#;
+
+    #[test]
+    fn defaults_fill_everything_but_the_upstream() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.server.admin_listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(c.webhooks.max_body_bytes, 1_048_576);
+        assert_eq!(c.auth.methods, vec![Method::Hmac]);
+        assert!(c.auth.enforce);
+        assert_eq!(c.dedup.ttl, Duration::from_secs(86_400));
+        assert_eq!(c.upstream.read_timeout, Duration::from_millis(30_000));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_table() {
+        let e = parse("[server]\nlisten_addr = \"0.0.0.0:1\"\n").unwrap_err();
+        assert_eq!(e.file, "/etc/pps/sidecar.toml");
+        assert!(e.key.starts_with("server"), "{e}");
+        assert!(e.reason.contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn missing_upstream_is_required() {
+        let e = parse("[auth.hmac]\nsecrets = [{ value = \"x\" }]\n").unwrap_err();
+        assert_eq!(e.key, "upstream.address");
+    }
+
+    #[test]
+    fn type_errors_never_echo_the_line() {
+        let text = "[upstream]\naddress = \"127.0.0.1:3000\"\n[auth.hmac]\nsecrets = [{ value = \"topsecret\", not_after = 5 }]\n";
+        let e = parse(text).unwrap_err();
+        assert!(!e.to_string().contains("topsecret"), "{e}");
+        assert!(e.key.contains("not_after"), "{e}");
+    }
+
+    #[test]
+    fn missing_env_secret_names_the_variable() {
+        let text = "[upstream]\naddress = \"127.0.0.1:3000\"\n[auth.hmac]\nsecrets = [{ env = \"PPS_TEST_SURELY_UNSET_VAR\" }]\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.key, "auth.hmac.secrets[0].env");
+        assert!(e.reason.contains("PPS_TEST_SURELY_UNSET_VAR"));
+    }
+
+    #[test]
+    fn load_records_the_fingerprint_of_what_it_read_so_a_later_swap_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("hmac");
+        std::fs::write(&secret, "first\n").unwrap();
+        let config = dir.path().join("sidecar.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[upstream]\naddress = \"127.0.0.1:3000\"\n[auth.hmac]\nsecrets = [{{ file = \"{}\" }}]\n",
+                secret.display()
+            ),
+        )
+        .unwrap();
+        let c = Config::load(&config).unwrap();
+        assert_eq!(c.watched_files(), vec![config.clone(), secret.clone()]);
+        assert_eq!(c.fingerprint, fingerprint(&c.watched_files()));
+        // The reloader may start after this swap; it compares against what was loaded, not what it sees.
+        std::fs::write(&secret, "second\n").unwrap();
+        assert_ne!(c.fingerprint, fingerprint(&c.watched_files()));
+        assert_eq!(
+            Config::load(&config).unwrap().auth.hmac.secrets[0].key,
+            b"second"
+        );
+    }
+
+    #[test]
+    fn secret_file_trailing_newline_is_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hmac"), "abc\n").unwrap();
+        let text = format!(
+            "[upstream]\naddress = \"127.0.0.1:3000\"\n[auth.hmac]\nsecrets = [{{ file = \"{}\" }}]\n",
+            dir.path().join("hmac").display()
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.auth.hmac.secrets[0].key, b"abc");
+        assert!(!format!("{c:?}").contains("abc\""));
+    }
+
+    #[test]
+    fn webhook_paths_match_on_segment_boundaries() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.webhooks.route("/webhooks"), Route::Webhook);
+        assert_eq!(c.webhooks.route("/webhooks/orders"), Route::Webhook);
+        assert_eq!(c.webhooks.route("/webhooksx"), Route::Other);
+        assert_eq!(c.webhooks.route("/"), Route::Other);
+    }
+
+    #[test]
+    fn fetch_urls_must_be_https_unless_loopback() {
+        assert!(check_fetch_url("https://securetoken.google.com/p").is_ok());
+        assert!(check_fetch_url("http://127.0.0.1:8080/x").is_ok());
+        assert!(check_fetch_url("http://localhost/x").is_ok());
+        assert!(check_fetch_url("http://[::1]:9/x").is_ok());
+        assert!(check_fetch_url("http://example.com/x").is_err());
+        assert!(check_fetch_url("http://127.0.0.1.evil.com/x").is_err());
+        assert!(check_fetch_url("ftp://127.0.0.1/").is_err());
+    }
+
+    #[test]
+    fn redis_needs_its_own_prefix_so_apps_sharing_a_redis_never_collide() {
+        let text = format!(
+            "{MINIMAL}[dedup]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\n"
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key, "dedup.redis_prefix", "{e}");
+        let ok = parse(&format!("{text}redis_prefix = \"orders:\"\n")).unwrap();
+        assert_eq!(ok.dedup.redis_prefix, "orders:");
+    }
+
+    #[test]
+    fn string_enums_are_checked_by_name_with_their_key() {
+        let e = parse(&format!("{MINIMAL}[server]\nlog_format = \"xml\"\n")).unwrap_err();
+        assert!(e.key.contains("log_format"), "{e}");
+        let e = parse(&format!("{MINIMAL}[webhooks]\nother_paths = \"drop\"\n")).unwrap_err();
+        assert!(e.key.contains("other_paths"), "{e}");
+        let c = parse(&format!("{MINIMAL}[server]\nlog_format = \"json\"\n")).unwrap();
+        assert_eq!(c.server.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn a_claim_outlives_the_whole_exchange_even_after_a_reload_raises_the_timeouts() {
+        let startup = parse(MINIMAL).unwrap().upstream.deadlines();
+        assert_eq!(startup.exchange, Duration::from_millis(2_000 + 2 * 30_000));
+        assert!(startup.claim > startup.exchange);
+        let with_read = |ms: u64| {
+            parse(&format!(
+                "[upstream]\naddress = \"127.0.0.1:3000\"\nread_timeout_ms = {ms}\n\
+                 [auth.hmac]\nsecrets = [{{ value = \"x\" }}]\n"
+            ))
+        };
+        let raised = with_read(90_000)
+            .unwrap()
+            .upstream
+            .deadlines()
+            .within(startup);
+        assert_eq!(raised, startup);
+        let lowered = with_read(1_000)
+            .unwrap()
+            .upstream
+            .deadlines()
+            .within(startup);
+        assert!(lowered.exchange < startup.exchange && lowered.claim == startup.claim);
+    }
+}

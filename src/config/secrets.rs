@@ -1,0 +1,120 @@
+//! Secret sources (`env`, `file`, `value`) and the fingerprint of the files a reload watches.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use super::raw::RawSecret;
+use crate::timefmt;
+
+/// Key material. `Debug` never prints it.
+#[derive(Clone)]
+pub struct Secret {
+    /// Where it came from, for logs: `auth.hmac.secrets[1]`.
+    pub name: String,
+    pub key: Vec<u8>,
+    /// Unix seconds after which the secret no longer verifies anything.
+    pub not_after: Option<i64>,
+    /// The file it was read from, watched for changes.
+    pub file: Option<PathBuf>,
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("name", &self.name)
+            .field("key", &"<redacted>")
+            .field("not_after", &self.not_after)
+            .finish()
+    }
+}
+
+/// A hash of the files' contents as reached through their paths now (a missing file hashes as such).
+pub fn fingerprint(files: &[PathBuf]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for f in files {
+        std::fs::read(f).ok().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Hashes what was read, in `Config::watched_files` order, as `fingerprint` hashes the files: a file
+/// replaced at any moment after its read differs from it, and is reloaded.
+#[derive(Default)]
+pub struct ReadLog(RefCell<DefaultHasher>);
+
+impl ReadLog {
+    pub fn record(&self, bytes: &[u8]) {
+        Some(bytes).hash(&mut *self.0.borrow_mut());
+    }
+
+    pub fn finish(&self) -> u64 {
+        self.0.borrow().finish()
+    }
+}
+
+/// Resolves the secret at `key`; `Err` is `(key, reason)`, never quoting the material.
+pub fn resolve(
+    key: &str,
+    raw: RawSecret,
+    base: &Path,
+    read: &ReadLog,
+) -> Result<Secret, (String, String)> {
+    let sources = raw.env.is_some() as u8 + raw.file.is_some() as u8 + raw.value.is_some() as u8;
+    if sources != 1 {
+        return Err((
+            key.into(),
+            "a secret is exactly one of { env = \"NAME\" }, { file = \"/path\" } or { value = \"...\" }"
+                .into(),
+        ));
+    }
+    let mut file = None;
+    let material = if let Some(var) = raw.env {
+        std::env::var(&var).map_err(|_| {
+            (
+                format!("{key}.env"),
+                format!("environment variable {var} is not set"),
+            )
+        })?
+    } else if let Some(path) = raw.file {
+        let path = if path.is_relative() {
+            base.parent().unwrap_or(Path::new(".")).join(path)
+        } else {
+            path
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            (
+                format!("{key}.file"),
+                format!("cannot read {}: {}", path.display(), e.kind()),
+            )
+        })?;
+        read.record(text.as_bytes());
+        file = Some(path);
+        text.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        raw.value.unwrap_or_default()
+    };
+    if material.is_empty() {
+        return Err((key.into(), "the secret is empty".into()));
+    }
+    let not_after = match raw.not_after {
+        Some(v) => Some(
+            timefmt::parse_lenient(&v)
+                .ok_or_else(|| {
+                    (
+                        format!("{key}.not_after"),
+                        "expected an RFC 3339 time such as \"2026-12-31T00:00:00Z\"".to_string(),
+                    )
+                })?
+                .unix,
+        ),
+        None => None,
+    };
+    Ok(Secret {
+        name: key.to_string(),
+        key: material.into_bytes(),
+        not_after,
+        file,
+    })
+}

@@ -1,0 +1,348 @@
+//! From the file as written to the configuration as used: one step that checks everything and names the
+//! file, the key and the reason of the first thing wrong.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use super::raw::*;
+use super::secrets::{self, ReadLog};
+use super::*;
+
+/// Parses `text` (read from `path`) and validates it into a `Config`.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let de = toml::Deserializer::new(text);
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        // Only the message and the line: the toml crate's own rendering quotes the line, which may
+        // hold a secret.
+        let line = inner
+            .span()
+            .map(|s| text.bytes().take(s.start).filter(|b| *b == b'\n').count() + 1);
+        let reason = match line {
+            Some(l) => format!("{} (line {l})", inner.message().trim_end()),
+            None => inner.message().trim_end().to_string(),
+        };
+        ConfigError {
+            file: file.clone(),
+            key: if key == "." { String::new() } else { key },
+            reason,
+        }
+    })?;
+    let v = Validator {
+        file,
+        base: path,
+        read: ReadLog::default(),
+    };
+    v.read.record(text.as_bytes());
+    let mut config = v.validate(raw)?;
+    config.fingerprint = v.read.finish();
+    Ok(config)
+}
+
+struct Validator<'a> {
+    file: String,
+    base: &'a Path,
+    /// The contents of the files read, in `Config::watched_files` order.
+    read: ReadLog,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        Ok(Config {
+            path: self.base.to_path_buf(),
+            fingerprint: 0,
+            server: self.server(raw.server)?,
+            upstream: self.upstream(raw.upstream)?,
+            webhooks: self.webhooks(raw.webhooks)?,
+            auth: self.auth(raw.auth)?,
+            dedup: self.dedup(raw.dedup)?,
+            filters: FiltersConfig {
+                topics: trimmed(raw.filters.topics),
+                sub_topics: trimmed(raw.filters.sub_topics),
+                tenants: trimmed(raw.filters.tenants),
+            },
+        })
+    }
+
+    fn socket(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        value.parse().map_err(|_| {
+            self.err(
+                key,
+                "expected an IP address and port, such as \"0.0.0.0:8080\"",
+            )
+        })
+    }
+
+    fn server(&self, raw: RawServer) -> Result<ServerConfig, ConfigError> {
+        let listen = self.socket("server.listen", &raw.listen)?;
+        let admin_listen = self.socket("server.admin_listen", &raw.admin_listen)?;
+        if listen == admin_listen {
+            return Err(self.err(
+                "server.admin_listen",
+                "must differ from server.listen: the admin endpoints never share the webhook port",
+            ));
+        }
+        if !(1..=64).contains(&raw.threads) {
+            return Err(self.err("server.threads", "must be between 1 and 64"));
+        }
+        if raw.shutdown_grace_seconds > 3_600 {
+            return Err(self.err("server.shutdown_grace_seconds", "must be at most 3600"));
+        }
+        Ok(ServerConfig {
+            listen,
+            admin_listen,
+            threads: raw.threads,
+            shutdown_grace: Duration::from_secs(raw.shutdown_grace_seconds),
+            log_format: raw.log_format,
+        })
+    }
+
+    fn upstream(&self, raw: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+        let address = raw
+            .address
+            .ok_or_else(|| self.err("upstream.address", "is required: the app's host:port"))?;
+        let socket_addr = address
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                self.err(
+                    "upstream.address",
+                    "expected host:port that resolves, such as \"127.0.0.1:3000\"",
+                )
+            })?;
+        for (key, v) in [
+            ("upstream.connect_timeout_ms", raw.connect_timeout_ms),
+            ("upstream.read_timeout_ms", raw.read_timeout_ms),
+        ] {
+            if v == 0 || v > 3_600_000 {
+                return Err(self.err(key, "must be between 1 and 3600000"));
+            }
+        }
+        Ok(UpstreamConfig {
+            address,
+            socket_addr,
+            connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
+            read_timeout: Duration::from_millis(raw.read_timeout_ms),
+            keepalive_timeout: Duration::from_millis(raw.keepalive_timeout_ms),
+        })
+    }
+
+    fn webhooks(&self, raw: RawWebhooks) -> Result<WebhooksConfig, ConfigError> {
+        if raw.paths.is_empty() {
+            return Err(self.err("webhooks.paths", "needs at least one path prefix"));
+        }
+        for (i, p) in raw.paths.iter().enumerate() {
+            if !p.starts_with('/') {
+                return Err(self.err(format!("webhooks.paths[{i}]"), "must start with '/'"));
+            }
+        }
+        const MAX: u64 = 64 * 1024 * 1024;
+        if raw.max_body_bytes == 0 || raw.max_body_bytes > MAX {
+            return Err(self.err(
+                "webhooks.max_body_bytes",
+                format!("must be between 1 and {MAX} (bodies are held in memory)"),
+            ));
+        }
+        Ok(WebhooksConfig {
+            paths: raw.paths,
+            max_body_bytes: raw.max_body_bytes as usize,
+            other_paths: raw.other_paths,
+        })
+    }
+
+    fn auth(&self, raw: RawAuth) -> Result<AuthConfig, ConfigError> {
+        let mut methods = Vec::new();
+        for m in raw.methods {
+            if !methods.contains(&m) {
+                methods.push(m);
+            }
+        }
+        if methods.is_empty() {
+            return Err(self.err(
+                "auth.methods",
+                "needs at least one of \"hmac\", \"jwt\": deliveries are never accepted unauthenticated",
+            ));
+        }
+        let header = raw.hmac.header.trim().to_string();
+        let Ok(header_key) = http::HeaderName::from_bytes(header.as_bytes()) else {
+            return Err(self.err("auth.hmac.header", "is not a valid HTTP header name"));
+        };
+        let secrets = if methods.contains(&Method::Hmac) {
+            if raw.hmac.secrets.is_empty() {
+                return Err(self.err(
+                    "auth.hmac.secrets",
+                    "needs at least one secret when \"hmac\" is in auth.methods",
+                ));
+            }
+            raw.hmac
+                .secrets
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    secrets::resolve(&format!("auth.hmac.secrets[{i}]"), s, self.base, &self.read)
+                        .map_err(|(key, reason)| self.err(key, reason))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
+        let jwt = self.jwt(raw.jwt, methods.contains(&Method::Jwt))?;
+        Ok(AuthConfig {
+            methods,
+            enforce: raw.enforce,
+            forward_credentials: raw.forward_credentials,
+            hmac: HmacConfig {
+                header,
+                header_key,
+                secrets,
+            },
+            jwt,
+        })
+    }
+
+    fn jwt(&self, raw: RawJwt, enabled: bool) -> Result<JwtConfig, ConfigError> {
+        if enabled && raw.issuers.is_empty() {
+            return Err(self.err(
+                "auth.jwt.issuers",
+                "needs at least one issuer when \"jwt\" is in auth.methods",
+            ));
+        }
+        if raw.jwks_refresh_seconds == 0 {
+            return Err(self.err("auth.jwt.jwks_refresh_seconds", "must be greater than 0"));
+        }
+        let issuers = raw
+            .issuers
+            .into_iter()
+            .enumerate()
+            .map(|(i, iss)| self.issuer(&format!("auth.jwt.issuers[{i}]"), iss))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(JwtConfig {
+            leeway_seconds: raw.leeway_seconds,
+            jwks_refresh: Duration::from_secs(raw.jwks_refresh_seconds),
+            issuers,
+        })
+    }
+
+    fn issuer(&self, key: &str, iss: RawIssuer) -> Result<IssuerConfig, ConfigError> {
+        check_fetch_url(&iss.issuer).map_err(|r| self.err(format!("{key}.issuer"), r))?;
+        if let Some(uri) = &iss.jwks_uri {
+            check_fetch_url(uri).map_err(|r| self.err(format!("{key}.jwks_uri"), r))?;
+        }
+        if iss.audiences.is_empty() {
+            return Err(self.err(format!("{key}.audiences"), "needs at least one audience"));
+        }
+        let algorithms = iss.algorithms.unwrap_or_else(|| vec!["RS256".into()]);
+        for (j, alg) in algorithms.iter().enumerate() {
+            if !matches!(
+                alg.as_str(),
+                "RS256" | "RS384" | "RS512" | "ES256" | "ES384"
+            ) {
+                return Err(self.err(
+                    format!("{key}.algorithms[{j}]"),
+                    "unsupported algorithm: expected an asymmetric one such as \"RS256\"",
+                ));
+            }
+        }
+        Ok(IssuerConfig {
+            issuer: iss.issuer,
+            audiences: iss.audiences,
+            jwks_uri: iss.jwks_uri,
+            algorithms,
+            subjects: trimmed(iss.subjects),
+            emails: trimmed(iss.emails),
+        })
+    }
+
+    fn dedup(&self, raw: RawDedup) -> Result<DedupConfig, ConfigError> {
+        if raw.ttl_seconds == 0 {
+            return Err(self.err("dedup.ttl_seconds", "must be greater than 0"));
+        }
+        if raw.max_entries == 0 {
+            return Err(self.err("dedup.max_entries", "must be greater than 0"));
+        }
+        if raw.backend == Backend::Redis {
+            self.redis(&raw)?;
+        }
+        if raw.redis_timeout_ms == 0 {
+            return Err(self.err("dedup.redis_timeout_ms", "must be greater than 0"));
+        }
+        Ok(DedupConfig {
+            enabled: raw.enabled,
+            ttl: Duration::from_secs(raw.ttl_seconds),
+            max_entries: raw.max_entries,
+            backend: raw.backend,
+            redis_url: raw.redis_url,
+            redis_prefix: raw.redis_prefix.unwrap_or_default(),
+            redis_timeout: Duration::from_millis(raw.redis_timeout_ms),
+            in_flight_wait: Duration::from_millis(raw.in_flight_wait_ms),
+        })
+    }
+
+    /// Two apps sharing one Redis under a default prefix would answer each other's events as duplicates:
+    /// the prefix has no default.
+    fn redis(&self, raw: &RawDedup) -> Result<(), ConfigError> {
+        let Some(url) = &raw.redis_url else {
+            return Err(self.err(
+                "dedup.redis_url",
+                "is required when dedup.backend = \"redis\"",
+            ));
+        };
+        // The URL may hold a password: the reason never quotes it.
+        if redis::Client::open(url.as_str()).is_err() {
+            return Err(self.err(
+                "dedup.redis_url",
+                "expected redis://[:password@]host[:port][/db] (or rediss://, unix://)",
+            ));
+        }
+        if raw
+            .redis_prefix
+            .as_deref()
+            .is_none_or(|p| p.trim().is_empty())
+        {
+            return Err(self.err(
+                "dedup.redis_prefix",
+                "is required when dedup.backend = \"redis\": it names this app's keys in a shared Redis \
+                 (such as \"orders-app:\")",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn trimmed(v: Vec<String>) -> Vec<String> {
+    v.into_iter().map(|s| s.trim().to_string()).collect()
+}
+
+/// Discovery and JWKS go over https; plain http only to a loopback host (development and tests).
+pub fn check_fetch_url(raw: &str) -> Result<(), String> {
+    let url = url::Url::parse(raw).map_err(|_| "expected an https:// URL".to_string())?;
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(()),
+        "http" => {
+            let loopback = match url.host() {
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if loopback {
+                Ok(())
+            } else {
+                Err("plain http is accepted only for loopback hosts; use https".into())
+            }
+        }
+        _ => Err("expected an https:// URL".into()),
+    }
+}

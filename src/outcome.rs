@@ -1,0 +1,98 @@
+//! How a request ended, and why an authentication failed: shared by the proxy, the metrics and the logs,
+//! so that none of them imports another.
+//!
+//! Each enum's list of values and labels is derived from its one definition by `labelled!`: a new variant
+//! is counted, rendered and logged without a second list to keep in step.
+
+/// Defines a fieldless enum with `ALL` (every variant, in order) and `label()` (its metric label).
+macro_rules! labelled {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $label:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: [$name; [$($label),+].len()] = [$($name::$variant),+];
+
+            pub const fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+
+            /// Position in `ALL`, for arrays of counters.
+            pub const fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+labelled! {
+    /// How a request ended, for the access log and `pps_sidecar_requests_total{outcome}`.
+    pub enum Outcome {
+        Forwarded => "forwarded",
+        Duplicate => "duplicate",
+        Unauthorized => "unauthorized",
+        BadRequest => "bad_request",
+        TooLarge => "too_large",
+        MethodNotAllowed => "method_not_allowed",
+        Filtered => "filtered",
+        NotFound => "not_found",
+        UpstreamError => "upstream_error",
+        /// The sidecar could not decide (an issuer's keys cannot be loaded): 503, Pitchpoint retries.
+        Unavailable => "unavailable",
+    }
+}
+
+labelled! {
+    /// Why a delivery was refused. Logged and counted; never sent to the client.
+    pub enum Failure {
+        MissingCredentials => "missing_credentials",
+        AmbiguousCredentials => "ambiguous_credentials",
+        MalformedSignature => "malformed_signature",
+        BadSignature => "bad_signature",
+        NoValidSecret => "no_valid_secret",
+        MalformedToken => "malformed_token",
+        UntrustedIssuer => "untrusted_issuer",
+        WrongAudience => "wrong_audience",
+        Expired => "expired",
+        NotYetValid => "not_yet_valid",
+        MissingClaim => "missing_claim",
+        DisallowedAlgorithm => "disallowed_algorithm",
+        UnknownKey => "unknown_key",
+        /// Not a proof of forgery: the keys to check the token against are not there.
+        KeysNotLoaded => "keys_not_loaded",
+        SubjectNotAllowed => "subject_not_allowed",
+        EmailNotAllowed => "email_not_allowed",
+    }
+}
+
+impl Failure {
+    /// Whether this failure proves the delivery is not authentic (`403`), rather than that the sidecar
+    /// could not decide (`503`, so that Pitchpoint retries).
+    pub fn is_proof(self) -> bool {
+        self != Failure::KeysNotLoaded
+    }
+
+    pub fn reason(self) -> &'static str {
+        self.label()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_is_listed_once_at_its_own_index() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(o.index(), i);
+        }
+        for (i, f) in Failure::ALL.iter().enumerate() {
+            assert_eq!(f.index(), i);
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The steps of one delivery, in the order of the contract (SPEC "Handling one request"). Each returns the
+//! value the next step needs, or the `Reply` that ends the delivery.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+
+use super::reply::Reply;
+use super::{Ctx, client_ip};
+use crate::auth::{self, Verified};
+use crate::config::{Config, FiltersConfig};
+use crate::dedup::{Claim, ClaimGuard, Dedup};
+use crate::forward::{AppFailure, Exchange};
+use crate::headers::{self, Delivery, Forwarding};
+use crate::metrics::METRICS;
+use crate::outcome::Outcome;
+use crate::state::Live;
+
+/// 405 for anything but POST; 413 when the declared length is over the limit. The declared length.
+pub fn admit(req: &RequestHeader, cfg: &Config) -> Result<Option<u64>, Reply> {
+    if req.method != http::Method::POST {
+        return Err(
+            Reply::new(405, Outcome::MethodNotAllowed, "method not allowed\n")
+                .header("Allow", "POST"),
+        );
+    }
+    let declared = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cfg.webhooks.max_body_bytes as u64) {
+        return Err(too_large());
+    }
+    Ok(declared)
+}
+
+fn too_large() -> Reply {
+    Reply::new(413, Outcome::TooLarge, "payload too large\n").close()
+}
+
+/// The whole body, at most `max` bytes. Answers `100 Continue` first when the sender waits for it.
+pub async fn read_body(
+    session: &mut Session,
+    max: usize,
+    declared: Option<u64>,
+) -> Result<Bytes, Reply> {
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|_| broken_body())?;
+    }
+    let hint = declared.map_or(0, |n| usize::try_from(n).unwrap_or(max).min(max));
+    let mut buf = BytesMut::with_capacity(hint);
+    while let Some(chunk) = session.read_request_body().await.map_err(|e| {
+        log::debug!("request body failed: {}", e.etype().as_str());
+        broken_body()
+    })? {
+        if buf.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// The body could not be read whole: the sender sees the connection closed, or this.
+fn broken_body() -> Reply {
+    Reply::new(400, Outcome::BadRequest, "bad request\n").close()
+}
+
+/// `Some` when a method verified the delivery, `None` when none did in shadow mode. A failure that
+/// proves a forgery is a 403; one where the sidecar cannot decide (no keys) is a 503 so that Pitchpoint
+/// retries.
+pub async fn authenticate(
+    live: &Live,
+    req: &RequestHeader,
+    body: &[u8],
+    ctx: &mut Ctx,
+) -> Result<Option<Verified>, Reply> {
+    let auth = &live.config.auth;
+    match auth::authenticate(auth, live.jwt.as_deref(), req, body).await {
+        Ok(v) => Ok(Some(v)),
+        Err(failure) => {
+            ctx.auth_failure = Some(failure.reason());
+            METRICS.auth_failure(failure);
+            if !auth.enforce {
+                Ok(None)
+            } else if failure.is_proof() {
+                Err(Reply::new(403, Outcome::Unauthorized, "forbidden\n"))
+            } else {
+                Err(Reply::retry_later(
+                    Outcome::Unavailable,
+                    "cannot verify now, retry later\n",
+                ))
+            }
+        }
+    }
+}
+
+/// The `X-Pps-*` headers, checked: 400 when required ones are missing or ambiguous.
+pub fn read_headers(req: &RequestHeader) -> Result<Delivery, Reply> {
+    headers::read_delivery(req).map_err(|reason| {
+        log::info!("bad request: {reason}");
+        Reply::new(400, Outcome::BadRequest, "bad request\n")
+    })
+}
+
+/// 403 for a tenant, topic or sub-topic outside a configured allow-list.
+pub fn filter(filters: &FiltersConfig, d: &Delivery) -> Result<(), Reply> {
+    let allowed = allowed(&filters.tenants, d.tenant.as_deref())
+        && allowed(&filters.topics, Some(&d.topic))
+        && allowed(&filters.sub_topics, d.sub_topic.as_deref());
+    if allowed {
+        Ok(())
+    } else {
+        Err(Reply::new(403, Outcome::Filtered, "forbidden\n"))
+    }
+}
+
+fn allowed(list: &[String], value: Option<&str>) -> bool {
+    list.is_empty() || value.is_some_and(|v| list.iter().any(|a| a == v))
+}
+
+/// Claims the delivery's key: `None` when dedup is off; the remembered answer for a duplicate; 503 while
+/// another copy is in flight.
+pub async fn claim(dedup: &Dedup, cfg: &Config, d: &Delivery) -> Result<Option<ClaimGuard>, Reply> {
+    if !cfg.dedup.enabled {
+        return Ok(None);
+    }
+    match dedup.claim(d.dedup_key()).await {
+        Claim::Acquired(guard) => Ok(Some(guard)),
+        Claim::Duplicate(status) => Err(Reply::new(status, Outcome::Duplicate, "duplicate\n")
+            .header(headers::DUPLICATE, "true")),
+        Claim::Busy => Err(Reply::retry_later(
+            Outcome::Duplicate,
+            "same delivery in progress\n",
+        )),
+    }
+}
+
+/// What goes to the app.
+pub struct Sent<'a> {
+    pub delivery: &'a Delivery,
+    /// `None`: shadow mode, and no method verified it.
+    pub verified: Option<&'a Verified>,
+    pub body: &'a Bytes,
+}
+
+/// Sends the delivery to the app and waits for its answer's head; settles the claim by that answer.
+/// An unverified delivery (shadow mode) is never remembered as done.
+pub async fn forward(
+    session: &Session,
+    ctx: &mut Ctx,
+    live: &Live,
+    sent: Sent<'_>,
+    claim: Option<ClaimGuard>,
+) -> Result<Exchange, Reply> {
+    let Sent {
+        delivery,
+        verified,
+        body,
+    } = sent;
+    let cfg = &live.config;
+    let head = headers::upstream_head(
+        session.req_header(),
+        &Forwarding {
+            delivery,
+            verified,
+            strip_credentials: (!cfg.auth.forward_credentials).then_some(&cfg.auth.hmac.header_key),
+            client_ip: client_ip(session),
+            request_id: &ctx.request_id,
+            body_len: body.len(),
+        },
+    );
+    let sent_at = Instant::now();
+    let result = live.app.send(head, body).await;
+    let elapsed = sent_at.elapsed();
+    ctx.app_time = Some(elapsed);
+    match result {
+        Ok(exchange) => {
+            let status = exchange.status();
+            METRICS.app_response(status, elapsed);
+            match (claim, verified) {
+                (Some(guard), Some(_)) => guard.settle(status).await,
+                (Some(guard), None) => guard.release().await,
+                (None, _) => {}
+            }
+            Ok(exchange)
+        }
+        Err(failure) => {
+            METRICS.observe_upstream(elapsed);
+            if let Some(guard) = claim {
+                guard.settle(failure.status()).await;
+            }
+            let body = match failure {
+                AppFailure::Unreachable => "bad gateway\n",
+                AppFailure::Timeout => "gateway timeout\n",
+            };
+            Err(Reply::new(failure.status(), Outcome::UpstreamError, body))
+        }
+    }
+}

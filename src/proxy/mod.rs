@@ -1,0 +1,232 @@
+//! The webhook listener: Pingora's `ProxyHttp` phases, each a few lines that call the delivery steps.
+//!
+//! A request on a webhook path goes, top to bottom:
+//!
+//! ```text
+//!   request_filter  route the canonical path (paths.rs): 400 ambiguous; not a webhook path: 404, or
+//!        │          Pingora's streaming proxy (other_paths = "forward", X-Pps-Verified: none)
+//!   admit           405 not POST, 413 declared too large                     deliver.rs
+//!   read body       413 too large, 100 Continue when asked                   deliver.rs
+//!   authenticate    403 forged, 503 cannot decide (shadow mode: on we go)    deliver.rs -> auth/
+//!   read headers    400 missing or ambiguous X-Pps-*                         deliver.rs -> headers.rs
+//!   filter          403 outside an allow-list                                deliver.rs
+//!   claim           duplicate: the remembered 2xx; in flight: 503            deliver.rs -> dedup/
+//!   forward         502 / 504 when the app fails; the claim is settled       deliver.rs -> forward.rs
+//!   relay           the app's status, headers and body                       relay.rs
+//!        │
+//!   logging         one access line, the request counted by outcome          access_log.rs
+//! ```
+//!
+//! Every step returns `Result<_, Reply>`: a `Reply` ends the delivery, and `Reply::send` records its
+//! status and outcome (`Ctx::ended`), the one place besides a relayed answer where they are set.
+//!
+//! The body is read in `request_filter`, before anything goes upstream, and deliveries are then sent to
+//! the app by the sidecar's own client (`forward.rs`): Pingora's proxy loop could replay such a body only
+//! from its 64 KiB retry buffer.
+
+mod access_log;
+mod deliver;
+mod relay;
+mod reply;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+
+use crate::auth::Verified;
+use crate::config::OtherPaths;
+use crate::forward::Exchange;
+use crate::headers::{self, Delivery};
+use crate::metrics::{InFlight, METRICS};
+use crate::outcome::Outcome;
+use crate::paths::Route;
+use crate::state::{Live, Shared};
+use reply::Reply;
+
+pub struct Sidecar {
+    pub shared: Arc<Shared>,
+}
+
+/// Per-request state, for the access log.
+pub struct Ctx {
+    started: Instant,
+    live: Option<Arc<Live>>,
+    outcome: Option<Outcome>,
+    status: u16,
+    delivery: Option<Delivery>,
+    app_time: Option<Duration>,
+    request_id: String,
+    /// Why authentication failed, when it did.
+    auth_failure: Option<&'static str>,
+    _in_flight: InFlight,
+}
+
+impl Ctx {
+    /// The request's answer and what it stands for.
+    fn ended(&mut self, status: u16, outcome: Outcome) {
+        self.status = status;
+        self.outcome = Some(outcome);
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Sidecar {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            live: None,
+            outcome: None,
+            status: 0,
+            delivery: None,
+            app_time: None,
+            request_id: String::new(),
+            auth_failure: None,
+            _in_flight: METRICS.in_flight(),
+        }
+    }
+
+    /// `Ok(true)`: the request was answered here (every webhook path); `Ok(false)`: Pingora proxies it to
+    /// the app (pass-through of other paths).
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let live = self.shared.live();
+        ctx.live = Some(live.clone());
+        ctx.request_id = headers::request_id(session.req_header());
+        let webhooks = &live.config.webhooks;
+        let reply = match (
+            webhooks.route(session.req_header().uri.path()),
+            webhooks.other_paths,
+        ) {
+            (Route::Webhook, _) => {
+                self.deliver(session, ctx, &live).await?;
+                return Ok(true);
+            }
+            (Route::Ambiguous, _) => {
+                log::info!("bad request: ambiguous path");
+                Reply::new(400, Outcome::BadRequest, "bad request: ambiguous path\n").close()
+            }
+            (Route::Other, OtherPaths::Reject) => Reply::new(404, Outcome::NotFound, "not found\n"),
+            (Route::Other, OtherPaths::Forward) => {
+                ctx.outcome = Some(Outcome::Forwarded);
+                return Ok(false);
+            }
+        };
+        reply.send(session, ctx).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let live = ctx.live.clone().unwrap_or_else(|| self.shared.live());
+        Ok(Box::new(live.app.peer().clone()))
+    }
+
+    /// Pass-through only: deliveries never reach Pingora's upstream phases.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let ip = client_ip(session);
+        headers::sanitize_passthrough(upstream, ip.as_deref(), &ctx.request_id);
+        Ok(())
+    }
+
+    /// Pass-through only: the app's answer loses its hop-by-hop headers.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        headers::sanitize_passthrough_response(upstream);
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.status == 0 {
+            ctx.status = session
+                .response_written()
+                .map(|r| r.status.as_u16())
+                .unwrap_or(0);
+        }
+        if ctx.outcome == Some(Outcome::Forwarded) && (ctx.status >= 500 || e.is_some()) {
+            ctx.outcome = Some(Outcome::UpstreamError);
+        }
+        if let Some(outcome) = ctx.outcome {
+            METRICS.request(outcome);
+        }
+        access_log::write(session, ctx);
+    }
+}
+
+impl Sidecar {
+    /// One delivery, step by step (see the module header).
+    async fn deliver(&self, session: &mut Session, ctx: &mut Ctx, live: &Live) -> Result<()> {
+        match self.steps(session, ctx, live).await {
+            Ok(exchange) => {
+                // An app 5xx makes Pitchpoint retry, as a 502 or 504 would: both count as upstream errors.
+                let status = exchange.status();
+                let outcome = if status >= 500 {
+                    Outcome::UpstreamError
+                } else {
+                    Outcome::Forwarded
+                };
+                ctx.ended(status, outcome);
+                relay::relay(session, ctx, &live.app, exchange).await
+            }
+            Err(reply) => reply.send(session, ctx).await,
+        }
+    }
+
+    async fn steps(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        live: &Live,
+    ) -> Result<Exchange, Reply> {
+        let cfg = &live.config;
+        let declared = deliver::admit(session.req_header(), cfg)?;
+        let body = deliver::read_body(session, cfg.webhooks.max_body_bytes, declared).await?;
+        let verified = deliver::authenticate(live, session.req_header(), &body, ctx).await?;
+        let delivery = deliver::read_headers(session.req_header())?;
+        let result = self
+            .dispatch(session, ctx, live, &delivery, verified, body)
+            .await;
+        ctx.delivery = Some(delivery);
+        result
+    }
+
+    /// The steps after the delivery's headers are known (`ctx.delivery` is set after them, for the log).
+    async fn dispatch(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        live: &Live,
+        delivery: &Delivery,
+        verified: Option<Verified>,
+        body: Bytes,
+    ) -> Result<Exchange, Reply> {
+        deliver::filter(&live.config.filters, delivery)?;
+        let claim = deliver::claim(&self.shared.dedup, &live.config, delivery).await?;
+        let sent = deliver::Sent {
+            delivery,
+            verified: verified.as_ref(),
+            body: &body,
+        };
+        deliver::forward(session, ctx, live, sent, claim).await
+    }
+}
+
+fn client_ip(session: &Session) -> Option<String> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string())
+}

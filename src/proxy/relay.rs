@@ -1,0 +1,69 @@
+//! The app's answer, relayed to the sender.
+
+use bytes::BytesMut;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use super::Ctx;
+use crate::forward::{App, Exchange};
+
+/// App answers up to this size are read whole before they are relayed.
+const RELAY_BUFFER: usize = 64 * 1024;
+
+/// Relays the answer whose head has arrived. It is held until it is complete, so that the app's
+/// connection is back in the pool by the time the sender, having read the answer, sends its next
+/// delivery. An answer larger than `RELAY_BUFFER` is streamed from the point it outgrows the buffer.
+pub async fn relay(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    app: &App,
+    mut exchange: Exchange,
+) -> Result<()> {
+    let mut resp = exchange.take_header();
+    // 204 and 304 carry no body, and their framing headers are not the sidecar's to change.
+    let bodiless = matches!(ctx.status, 204 | 304);
+    let mut held = Some(BytesMut::new());
+    loop {
+        let chunk = match exchange.body_chunk().await {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                // Nothing relayed yet: the sender gets a 5xx and retries (a committed 2xx answers the
+                // retry as a duplicate). Already streaming: the cut connection shows the truncation.
+                log::warn!("app response body failed: {}", e.etype().as_str());
+                return Err(e);
+            }
+        };
+        match (chunk, held.take()) {
+            (Some(chunk), Some(mut buf)) if buf.len() + chunk.len() <= RELAY_BUFFER => {
+                buf.extend_from_slice(&chunk);
+                held = Some(buf);
+            }
+            (Some(chunk), Some(buf)) => {
+                if resp.headers.get(http::header::CONTENT_LENGTH).is_none() {
+                    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+                }
+                session
+                    .write_response_header(Box::new(resp.clone()), false)
+                    .await?;
+                session
+                    .write_response_body(Some(buf.freeze()), false)
+                    .await?;
+                session.write_response_body(Some(chunk), false).await?;
+            }
+            (Some(chunk), None) => session.write_response_body(Some(chunk), false).await?,
+            (None, Some(buf)) => {
+                app.finish(exchange);
+                if !bodiless {
+                    resp.insert_header(http::header::CONTENT_LENGTH, buf.len().to_string())?;
+                }
+                session.write_response_header(Box::new(resp), false).await?;
+                return session.write_response_body(Some(buf.freeze()), true).await;
+            }
+            (None, None) => {
+                session.write_response_body(None, true).await?;
+                app.finish(exchange);
+                return Ok(());
+            }
+        }
+    }
+}

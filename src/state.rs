@@ -1,0 +1,79 @@
+//! The configuration in force and what was built from it, shared by the proxy, the admin listener and the
+//! background services. A reload swaps it whole; a request keeps the one it started with.
+
+use std::sync::{Arc, RwLock};
+
+use crate::auth::jwt::JwtVerifier;
+use crate::config::{Config, Deadlines, Method};
+use crate::dedup::Dedup;
+use crate::forward::App;
+
+/// The configuration in force and what was built from it. Replaced whole on reload.
+pub struct Live {
+    pub config: Config,
+    /// `config`'s deadlines, within the start-up claim lifetime.
+    pub deadlines: Deadlines,
+    pub app: Arc<App>,
+    /// Present when "jwt" is in `auth.methods`.
+    pub jwt: Option<Arc<JwtVerifier>>,
+}
+
+/// State shared by the proxy, admin and lifecycle services.
+pub struct Shared {
+    live: RwLock<Arc<Live>>,
+    pub dedup: Dedup,
+    /// The start-up configuration's deadlines, which sized the dedup claims.
+    pub startup: Deadlines,
+}
+
+impl Shared {
+    pub fn new(config: Config, dedup: Dedup) -> Self {
+        let startup = config.upstream.deadlines();
+        let app = Arc::new(App::new(&config.upstream, startup.exchange));
+        let jwt = jwt_verifier(&config, None);
+        Self {
+            live: RwLock::new(Arc::new(Live {
+                config,
+                deadlines: startup,
+                app,
+                jwt,
+            })),
+            dedup,
+            startup,
+        }
+    }
+
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `config` in force for the requests that start from now on. The pool of connections to the
+    /// app, and the JWKS already fetched, are kept when their settings did not change.
+    pub fn replace(&self, config: Config) {
+        let old = self.live();
+        let deadlines = config.upstream.deadlines().within(self.startup);
+        let app = if old.config.upstream == config.upstream {
+            old.app.clone()
+        } else {
+            Arc::new(App::new(&config.upstream, deadlines.exchange))
+        };
+        let jwt = jwt_verifier(&config, old.jwt.as_ref());
+        let live = Arc::new(Live {
+            config,
+            deadlines,
+            app,
+            jwt,
+        });
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
+    }
+}
+
+fn jwt_verifier(config: &Config, old: Option<&Arc<JwtVerifier>>) -> Option<Arc<JwtVerifier>> {
+    if !config.auth.methods.contains(&Method::Jwt) {
+        return None;
+    }
+    match old {
+        Some(v) if v.serves(&config.auth.jwt) => Some(v.clone()),
+        _ => Some(Arc::new(JwtVerifier::new(&config.auth.jwt))),
+    }
+}

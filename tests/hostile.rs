@@ -1,0 +1,194 @@
+//! The trust boundary, tried as an attacker would: spellings of the webhook path, trust headers in other
+//! spellings, malformed values and framing, thrown at the real binary with `other_paths = "forward"`,
+//! where a mistake would hand the app an unverified delivery.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends raw bytes, half-closes, and reads whatever comes back until the sidecar closes.
+async fn raw(addr: SocketAddr, req: &[u8]) -> Vec<u8> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(req).await;
+    let _ = s.shutdown().await;
+    let mut out = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut out))
+        .await
+        .expect("the sidecar answers or closes in time")
+        .ok();
+    out
+}
+
+fn status_of(answer: &[u8]) -> Option<u16> {
+    let line = answer.split(|b| *b == b'\r').next()?;
+    std::str::from_utf8(line)
+        .ok()?
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn forged(path: &str) -> Delivery {
+    let mut d = Delivery::json().sign_with("not-the-secret");
+    d.path = path.into();
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spelling_of_a_webhook_path_is_verified_or_refused_never_passed_through() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "[webhooks]\nother_paths = \"forward\"\n").await;
+    for path in [
+        "/%77ebhooks",
+        "/WEBHOOKS",
+        "//webhooks",
+        "/webhooks;x=1",
+        "/a/../webhooks",
+        "/./webhooks/orders",
+    ] {
+        let r = sidecar.send(&forged(path)).await;
+        assert_eq!(r.status, 403, "{path}: a forgery on a webhook path");
+    }
+    for path in [
+        "/webhooks%2forders",
+        "/%5cwebhooks",
+        "/%2577ebhooks",
+        "/../webhooks",
+    ] {
+        let r = sidecar.send(&forged(path)).await;
+        assert_eq!(r.status, 400, "{path}: ambiguous");
+    }
+    assert_eq!(app.count(), 0, "nothing reached the app");
+    let mut d = Delivery::json();
+    d.path = "/WebHooks".into();
+    assert_eq!(
+        sidecar.send(&d).await.status,
+        200,
+        "verified, it goes through"
+    );
+    assert_eq!(app.requests()[0].exact("X-Pps-Verified"), Some("hmac"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triggered_at_with_a_multibyte_character_is_forwarded_not_a_crash() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let mut bytes = Delivery::json().bytes();
+    let at = b"X-Pps-Triggered-At: ";
+    let i = bytes.windows(at.len()).position(|w| w == at).unwrap() + at.len();
+    let end = i + bytes[i..].windows(2).position(|w| w == b"\r\n").unwrap();
+    bytes.splice(i..end, "2024-01-01T10:00+1\u{20ac}".bytes());
+    let r = send(sidecar.addr, &bytes).await;
+    assert_eq!(r.status, 200);
+    let got = &app.requests()[0];
+    assert_eq!(got.all("x-pps-triggered-at").len(), 1);
+    assert_eq!(
+        got.get("x-pps-triggered-at-original"),
+        None,
+        "not parsed, kept as sent"
+    );
+}
+
+/// Requests no sender should be able to turn into an unverified delivery, or a crash.
+fn corpus() -> Vec<Vec<u8>> {
+    let body = br#"{"id":1}"#;
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let post = |target: &str, extra: &str, body: &[u8]| -> Vec<u8> {
+        let mut r = format!(
+            "POST {target} HTTP/1.1\r\nHost: x\r\nX-Pps-Topic: orders/placed\r\nX-Pps-Webhook-Id: 1\r\n\
+             X-Pps-Hmac-Sha256: {}\r\n{extra}Content-Length: {}\r\n\r\n",
+            "0".repeat(64),
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    };
+    for target in [
+        "/webhooks",
+        "/WEBHOOKS/",
+        "/%77%65%62%68%6f%6f%6b%73",
+        "/webhooks%00",
+        "/webhooks%",
+        "/%c0%af/webhooks",
+        "/..%2fwebhooks",
+        "http://x/webhooks",
+        "/webhooks?%",
+        "*",
+        "/\u{20ac}/../webhooks",
+    ] {
+        out.push(post(target, "", body));
+    }
+    for extra in [
+        "X_Pps_Verified: hmac\r\n",
+        "x-pps-verified: jwt\r\nX-PPS-JWT-SUBJECT: root\r\n",
+        "X-Pps-Triggered-At: \u{20ac}\u{20ac}\u{20ac}\r\n",
+        "X-Pps-Triggered-At: 9999-99-99T99:99+99:99\r\n",
+        "X-Pps-Webhook-Id: 2\r\n",
+        "Transfer-Encoding: chunked\r\n",
+        "Content-Length: +5\r\n",
+        "Content-Length: 5, 6\r\n",
+        "Expect: 100-continue\r\n",
+        "Connection: X-Pps-Topic\r\n",
+        "Authorization: Bearer \u{20ac}.\u{20ac}.\u{20ac}\r\n",
+        "Authorization: Bearer a.b.c\r\n",
+        " folded: header\r\n",
+    ] {
+        out.push(post("/webhooks", extra, body));
+    }
+    out.push(b"POST /webhooks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n".to_vec());
+    out.push(b"POST /webhooks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n".to_vec());
+    out.push(b"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nshort".to_vec());
+    out.push(b"GET /webhooks HTTP/1.0\r\n\r\n".to_vec());
+    out.push(b"\x00\x01\x02 / HTTP/1.1\r\n\r\n".to_vec());
+    out.push(
+        format!(
+            "POST /webhooks HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(200_000)
+        )
+        .into_bytes(),
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corpus_of_malformed_requests_never_reaches_the_app_unverified_and_the_sidecar_keeps_serving()
+ {
+    let app = TestApp::start().await;
+    let mut sidecar = Sidecar::start(&app, "[webhooks]\nother_paths = \"forward\"\n").await;
+    for (i, req) in corpus().iter().enumerate() {
+        let answer = raw(sidecar.addr, req).await;
+        let status = status_of(&answer);
+        assert!(
+            status.is_none_or(|s| s != 200),
+            "request {i} was answered 200: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    for got in app.requests() {
+        let canonical = pps_sidecar::paths::canonical(&got.path);
+        assert!(
+            !canonical.is_some_and(|c| c.starts_with("/webhooks")),
+            "the app saw a webhook path unverified: {}",
+            got.path
+        );
+        assert_eq!(got.all("x-pps-verified"), vec!["none"], "{}", got.path);
+    }
+    assert!(
+        sidecar.child().try_wait().unwrap().is_none(),
+        "the process is still running"
+    );
+    assert_eq!(
+        sidecar.send(&Delivery::json()).await.status,
+        200,
+        "and serving"
+    );
+    assert!(
+        !sidecar.log().contains("panicked"),
+        "no request task panicked"
+    );
+}
