@@ -192,3 +192,38 @@ async fn a_corpus_of_malformed_requests_never_reaches_the_app_unverified_and_the
         "no request task panicked"
     );
 }
+
+/// Reads one response head, byte by byte, so that nothing after it is consumed.
+async fn head(s: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut byte))
+            .await
+            .expect("a head in time")
+            .unwrap();
+        assert_eq!(n, 1, "closed before the head ended");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_of_a_204_is_a_bodiless_204() {
+    let app = TestApp::start().await;
+    app.set(Behaviour::Answer(204));
+    let sidecar = Sidecar::start(&app, "").await;
+    let d = Delivery::json();
+    assert_eq!(sidecar.send(&d).await.status, 204);
+    let mut s = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    s.write_all(&d.bytes()).await.unwrap();
+    let dup = head(&mut s).await;
+    assert!(dup.starts_with("http/1.1 204"), "{dup}");
+    assert!(dup.contains("x-pps-duplicate: true"), "{dup}");
+    assert!(!dup.contains("content-length"), "a 204 has no body: {dup}");
+    // The next answer on the connection is read as an answer, not after a leftover body.
+    s.write_all(&Delivery::json().bytes()).await.unwrap();
+    let next = head(&mut s).await;
+    assert!(next.starts_with("http/1.1 204"), "{next}");
+    assert_eq!(app.count(), 2);
+}

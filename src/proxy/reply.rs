@@ -48,9 +48,17 @@ impl Reply {
     /// not).
     pub async fn send(self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.ended(self.status, self.outcome);
+        // A remembered 204 (or 304) is answered as one: no body, no framing headers.
+        let body = if matches!(self.status, 204 | 304) {
+            ""
+        } else {
+            self.body
+        };
         let mut resp = ResponseHeader::build(self.status, Some(4 + self.extra.len()))?;
-        resp.insert_header("Content-Type", "text/plain; charset=utf-8")?;
-        resp.insert_header("Content-Length", self.body.len().to_string())?;
+        if !body.is_empty() {
+            resp.insert_header("Content-Type", "text/plain; charset=utf-8")?;
+            resp.insert_header("Content-Length", body.len().to_string())?;
+        }
         for (name, value) in self.extra {
             resp.insert_header(name, value)?;
         }
@@ -60,7 +68,7 @@ impl Reply {
         }
         session.write_response_header(Box::new(resp), false).await?;
         session
-            .write_response_body(Some(Bytes::from_static(self.body.as_bytes())), true)
+            .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
             .await
     }
 }
