@@ -117,8 +117,7 @@ async fn app_closing_without_answer_is_502_and_the_retry_goes_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_down_is_502_not_ready_and_the_retry_goes_through_once_it_is_up() {
-    let port = free_port();
-    let app_addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let [app_addr] = free_addrs();
     let sidecar = Sidecar::start_with(app_addr, "", &[]).await;
     let d = Delivery::json();
     assert_eq!(sidecar.send(&d).await.status, 502, "connection refused");

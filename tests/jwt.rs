@@ -245,13 +245,10 @@ async fn valid_tokens_keep_passing_when_the_issuer_goes_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_until_the_jwks_is_loaded() {
     let key = TestKey::generate("k1");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let [addr] = free_addrs();
     let app = TestApp::start().await;
     let issuer_url = format!("http://{addr}/late-project");
-    let toml = format!(
-        "[auth]\nmethods = [\"jwt\"]\n\n[[auth.jwt.issuers]]\nissuer = \"{issuer_url}\"\naudiences = [\"late-project\"]\n"
-    );
+    let toml = trust_toml(&issuer_url, "late-project", "[\"jwt\"]");
     let sidecar = Sidecar::start(&app, &toml).await;
     let r = sidecar.admin_get("/readyz").await;
     assert_eq!(r.status, 503);

@@ -4,27 +4,16 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use common::*;
 
 /// Runs `python3 k8s/check.py ARGS`; returns (exit code, stdout, stderr).
 fn check_py(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new("python3")
+    run(Command::new("python3")
         .arg(repo_path("k8s/check.py"))
         .args(args)
-        .current_dir(repo_path(""))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run python3 k8s/check.py");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .current_dir(repo_path("")))
 }
 
 /// The `sidecar.toml` literal block of k8s/base/configmap.yaml: the file the pod sees at
@@ -100,47 +89,6 @@ fn manifest_checks_catch_broken_manifests() {
 
 // ---- the pod on loopback ----------------------------------------------------------------------
 
-/// A child process, killed when dropped; its output goes to `log`.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command, dir: &Path) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        Proc { name, child, log }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("{} exited with {status}:\n{}", self.name, self.output());
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- {} output ----\n{}", self.name, self.output());
-        }
-    }
-}
-
 /// Replaces the pod's value at `path` by this machine's, checking first that the manifest still says what
 /// the mapping expects.
 fn remap(conf: &mut toml::Table, path: &[&str], pod: &str, here: String) {
@@ -158,35 +106,6 @@ fn remap(conf: &mut toml::Table, path: &[&str], pod: &str, here: String) {
     t.insert(last.to_string(), toml::Value::String(here));
 }
 
-async fn get(addr: SocketAddr, path: &str) -> Option<Resp> {
-    tokio::net::TcpStream::connect(addr).await.ok()?;
-    Some(
-        send(
-            addr,
-            format!("GET {path} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await,
-    )
-}
-
-/// Polls until `proc`'s output contains `needle`.
-async fn output_with(proc: &mut Proc, needle: &str) -> String {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let out = proc.output();
-        if out.contains(needle) {
-            return out;
-        }
-        proc.assert_running();
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} never printed {needle:?}:\n{out}",
-            proc.name
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn pod_config_from_the_configmap_processes_signed_forged_and_duplicate_deliveries() {
     let dir = tempfile::tempdir().unwrap();
@@ -194,10 +113,7 @@ async fn pod_config_from_the_configmap_processes_signed_forged_and_duplicate_del
     // The pod, mapped to loopback as k8s/README.md describes: the sidecar's 0.0.0.0:8080 and 0.0.0.0:9090
     // and the app's 127.0.0.1:3000 become free loopback ports, and the Secret mounted at
     // /etc/pps-sidecar/secrets/hmac becomes a file in a temporary folder. Nothing else changes.
-    let [listen_port, admin_port, app_port] = free_ports();
-    let listen: SocketAddr = format!("127.0.0.1:{listen_port}").parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let app: SocketAddr = format!("127.0.0.1:{app_port}").parse().unwrap();
+    let [listen, admin, app] = free_addrs();
     let secret_file = dir.path().join("secrets").join("hmac");
     std::fs::create_dir_all(secret_file.parent().unwrap()).unwrap();
     // As `kubectl create secret generic pps-webhook-secret --from-literal=hmac=...` stores it.
@@ -243,7 +159,7 @@ async fn pod_config_from_the_configmap_processes_signed_forged_and_duplicate_del
 
     // The example app, as its image runs it (APP_LISTEN, as the Deployment sets it), and the sidecar, as
     // the Deployment runs it.
-    let mut app_proc = Proc::spawn(
+    let app_proc = Proc::spawn(
         "legacy-app",
         Command::new("python3")
             .arg(repo_path("examples/legacy-app/app.py"))
@@ -251,32 +167,20 @@ async fn pod_config_from_the_configmap_processes_signed_forged_and_duplicate_del
             .env("PYTHONUNBUFFERED", "1"),
         dir.path(),
     );
-    let mut sidecar = Proc::spawn(
+    let sidecar = Proc::spawn(
         "pps-sidecar",
-        Command::new(binary())
-            .args(["run", "--config"])
-            .arg(&config)
-            .env_remove("PPS_WEBHOOK_SECRET")
-            .env("RUST_LOG", "info"),
+        run_command(&config).env_remove("PPS_WEBHOOK_SECRET"),
         dir.path(),
     );
 
     // What the readiness probe waits for: /readyz says 200 once the config is loaded and the app accepts
     // connections.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    poll("the pod is ready", || async {
         app_proc.assert_running();
         sidecar.assert_running();
-        let ready = matches!(get(admin, "/readyz").await, Some(r) if r.status == 200);
-        if ready && tokio::net::TcpStream::connect(listen).await.is_ok() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the pod never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        serving(admin, "/readyz", listen).await.then_some(())
+    })
+    .await;
     let health = get(admin, "/healthz").await.unwrap();
     assert_eq!(health.status, 200, "liveness: {}", health.text());
 
@@ -291,7 +195,7 @@ async fn pod_config_from_the_configmap_processes_signed_forged_and_duplicate_del
     );
     assert_eq!(r.get("X-Pps-Duplicate"), None);
     let line = format!("processed orders/placed id={}", signed.id());
-    let out = output_with(&mut app_proc, &line).await;
+    let out = app_proc.output_with(&line, 1).await;
     let processed = out.lines().find(|l| l.contains(&line)).unwrap();
     assert!(processed.contains("tenant=OU1243"), "{processed}");
     assert!(processed.contains("verified=hmac"), "{processed}");

@@ -3,7 +3,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use common::*;
 
@@ -215,7 +214,7 @@ async fn broken_config_is_refused_counted_and_the_old_one_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_delivery_in_flight_finish_then_exits_0() {
     let app = TestApp::start().await;
-    let mut sidecar = Sidecar::start(&app, "").await;
+    let sidecar = Sidecar::start(&app, "").await;
     app.set(Behaviour::Hold(200));
     let d = Delivery::json();
     let mut conn = Conn::open(sidecar.addr).await;
@@ -235,14 +234,7 @@ async fn sigterm_lets_the_delivery_in_flight_finish_then_exits_0() {
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "app says 200\n");
 
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(s) = sidecar.child().try_wait().unwrap() {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = poll("the sidecar exits", || async { sidecar.exited() }).await;
     assert_eq!(status.code(), Some(0), "{}", sidecar.log());
 }
 

@@ -2,25 +2,35 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct TestRedis {
     port: u16,
-    child: Child,
+    // Held for their drop; the process first: it is stopped before its log's folder goes.
+    _proc: Proc,
+    _dir: tempfile::TempDir,
 }
 
 impl TestRedis {
     async fn start(port: u16) -> TestRedis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is required for these tests (.ci/deps installs it)");
-        let r = TestRedis { port, child };
+        // redis-server is required for these tests (.ci/deps installs it).
+        let dir = tempfile::tempdir().unwrap();
+        let proc = Proc::spawn(
+            "redis-server",
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .current_dir(dir.path()),
+            dir.path(),
+        );
+        let r = TestRedis {
+            port,
+            _proc: proc,
+            _dir: dir,
+        };
         eventually("redis-server answers PING", || r.pong()).await;
         r
     }
@@ -35,9 +45,8 @@ impl TestRedis {
             && &buf == b"+PONG\r\n"
     }
 
-    fn stop(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Stops the server (dropping it kills it and waits) and returns its port, to start it again there.
+    fn stop(self) -> u16 {
         self.port
     }
 
@@ -46,13 +55,6 @@ impl TestRedis {
             "[dedup]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}/\"\nredis_prefix = \"test-app:\"\nin_flight_wait_ms = 5000\n",
             self.port
         )
-    }
-}
-
-impl Drop for TestRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

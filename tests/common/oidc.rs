@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
+use super::http::{answer, read_headers};
+
 pub struct TestKey {
     pub kid: String,
     pair: KeyPair,
@@ -46,11 +48,7 @@ impl TestKey {
     }
 
     pub fn token_with_header(&self, header: &Value, claims: &Value) -> String {
-        let signing_input = format!(
-            "{}.{}",
-            B64.encode(header.to_string()),
-            B64.encode(claims.to_string())
-        );
+        let signing_input = signing_input(header, claims);
         let mut sig = vec![0; self.pair.public_modulus_len()];
         self.pair
             .sign(
@@ -67,17 +65,27 @@ impl TestKey {
 /// A token with an arbitrary header and an HMAC-SHA256 signature under `secret`.
 pub fn hs256_token(header: &Value, claims: &Value, secret: &[u8]) -> String {
     use hmac::{Hmac, Mac};
-    let signing_input = format!(
-        "{}.{}",
-        B64.encode(header.to_string()),
-        B64.encode(claims.to_string())
-    );
+    let signing_input = signing_input(header, claims);
     let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret).unwrap();
     mac.update(signing_input.as_bytes());
     format!(
         "{signing_input}.{}",
         B64.encode(mac.finalize().into_bytes())
     )
+}
+
+/// What a JWT's signature covers: the encoded header and claims.
+fn signing_input(header: &Value, claims: &Value) -> String {
+    format!(
+        "{}.{}",
+        B64.encode(header.to_string()),
+        B64.encode(claims.to_string())
+    )
+}
+
+/// The JWKS document that publishes `keys`.
+fn jwks(keys: &[&TestKey]) -> Value {
+    json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() })
 }
 
 pub fn b64(bytes: &[u8]) -> String {
@@ -118,7 +126,7 @@ impl TestIssuer {
         let addr = listener.local_addr().unwrap();
         let issuer = format!("http://{addr}/{project}");
         let state = Arc::new(State {
-            jwks: Mutex::new(json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() })),
+            jwks: Mutex::new(jwks(keys)),
             fetches: AtomicUsize::new(0),
             issuer: issuer.clone(),
         });
@@ -136,12 +144,7 @@ impl TestIssuer {
                         return;
                     }
                     let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).await.unwrap_or(0) == 0 || h == "\r\n" {
-                            break;
-                        }
-                    }
+                    let _ = read_headers(&mut reader).await;
                     let (status, body) = if path.ends_with("/.well-known/openid-configuration") {
                         let doc = json!({ "issuer": st.issuer, "jwks_uri": format!("{}/jwks", st.issuer) });
                         (200, doc.to_string())
@@ -151,11 +154,8 @@ impl TestIssuer {
                     } else {
                         (404, "{}".to_string())
                     };
-                    let resp = format!(
-                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = reader.get_mut().write_all(resp.as_bytes()).await;
+                    let resp = answer(status, "application/json", "Connection: close\r\n", &body);
+                    let _ = reader.get_mut().write_all(&resp).await;
                 });
             }
         });
@@ -169,8 +169,7 @@ impl TestIssuer {
     }
 
     pub fn set_keys(&self, keys: &[&TestKey]) {
-        *self.state.jwks.lock().unwrap() =
-            json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() });
+        *self.state.jwks.lock().unwrap() = jwks(keys);
     }
 
     pub fn jwks_fetches(&self) -> usize {
@@ -191,9 +190,13 @@ impl TestIssuer {
 
     /// The `[auth.jwt]` TOML that trusts this issuer.
     pub fn toml(&self, methods: &str) -> String {
-        format!(
-            "[auth]\nmethods = {methods}\n\n[[auth.jwt.issuers]]\nissuer = \"{}\"\naudiences = [\"{}\"]\n",
-            self.issuer, self.project
-        )
+        trust_toml(&self.issuer, &self.project, methods)
     }
+}
+
+/// The `[auth]` TOML with `methods` that trusts `issuer` for tokens meant for `audience`; it need not be up.
+pub fn trust_toml(issuer: &str, audience: &str, methods: &str) -> String {
+    format!(
+        "[auth]\nmethods = {methods}\n\n[[auth.jwt.issuers]]\nissuer = \"{issuer}\"\naudiences = [\"{audience}\"]\n"
+    )
 }
