@@ -27,7 +27,13 @@ impl ServeHttp for Admin {
                 text(if ready { 200 } else { 503 }, detail)
             }
             "/metrics" => {
-                let mut r = text(200, METRICS.render(self.shared.dedup.entries()));
+                let mut r = text(
+                    200,
+                    METRICS.render(
+                        self.shared.dedup.entries(),
+                        self.shared.bodies.held() as u64,
+                    ),
+                );
                 r.headers_mut().insert(
                     "Content-Type",
                     http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

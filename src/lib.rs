@@ -11,6 +11,7 @@ pub mod dedup;
 pub mod forward;
 pub mod headers;
 pub mod lifecycle;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod outcome;

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::outcome::{Failure, Outcome};
+use crate::outcome::{Closed, Failure, Outcome};
 
 /// Upper bounds of the app latency histogram, in seconds.
 const BUCKETS: [f64; 13] = [
@@ -30,6 +30,8 @@ pub struct Metrics {
     jwks_failed: AtomicU64,
     dedup_errors: AtomicU64,
     in_flight: AtomicI64,
+    connections_closed: [AtomicU64; Closed::ALL.len()],
+    open_connections: AtomicI64,
 }
 
 /// The result label of reloads and JWKS refreshes.
@@ -54,6 +56,8 @@ impl Metrics {
             jwks_failed: AtomicU64::new(0),
             dedup_errors: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
+            connections_closed: [const { AtomicU64::new(0) }; Closed::ALL.len()],
+            open_connections: AtomicI64::new(0),
         }
     }
 
@@ -113,8 +117,18 @@ impl Metrics {
         self.in_flight.load(Relaxed)
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self, dedup_entries: u64) -> String {
+    pub fn connection_closed(&self, why: Closed) {
+        self.connections_closed[why.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Counts an open client connection until the guard drops.
+    pub fn connection_open(&'static self) -> OpenConnection {
+        self.open_connections.fetch_add(1, Relaxed);
+        OpenConnection(self)
+    }
+
+    /// The Prometheus text exposition. `dedup_entries` and `buffered_bytes` are read from their owners.
+    pub fn render(&self, dedup_entries: u64, buffered_bytes: u64) -> String {
         let mut out = String::with_capacity(4096);
         let w = &mut out;
         labelled(
@@ -193,6 +207,22 @@ impl Metrics {
                 ),
                 self.in_flight_now(),
             ),
+            (
+                (
+                    "pps_sidecar_buffered_bytes",
+                    "gauge",
+                    "Bytes of request bodies held in memory now (at most server.max_buffered_bytes).",
+                ),
+                buffered_bytes as i64,
+            ),
+            (
+                (
+                    "pps_sidecar_open_connections",
+                    "gauge",
+                    "Client connections open on the webhook listener.",
+                ),
+                self.open_connections.load(Relaxed),
+            ),
         ] {
             header(w, meta);
             let _ = writeln!(w, "{} {value}", meta.0);
@@ -224,6 +254,16 @@ impl Metrics {
                 [("success", load(ok)), ("failure", load(failed))],
             );
         }
+        labelled(
+            w,
+            (
+                "pps_sidecar_connections_closed_total",
+                "counter",
+                "Client connections closed without an answer, by reason.",
+            ),
+            "reason",
+            Closed::ALL.map(|c| (c.label(), load(&self.connections_closed[c.index()]))),
+        );
         labelled(
             w,
             (
@@ -264,6 +304,14 @@ impl Default for Metrics {
 
 pub struct InFlight(&'static Metrics);
 
+pub struct OpenConnection(&'static Metrics);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Relaxed);
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
@@ -280,7 +328,7 @@ mod tests {
         m.app_response(200, Duration::from_micros(500));
         m.app_response(500, Duration::from_millis(30));
         m.observe_upstream(Duration::from_secs(60));
-        let text = m.render(7);
+        let text = m.render(7, 0);
         assert!(text.contains("pps_sidecar_upstream_duration_seconds_bucket{le=\"0.001\"} 1"));
         assert!(text.contains("pps_sidecar_upstream_duration_seconds_bucket{le=\"0.05\"} 2"));
         assert!(text.contains("pps_sidecar_upstream_duration_seconds_bucket{le=\"+Inf\"} 3"));

@@ -44,6 +44,20 @@ labelled! {
         UpstreamError => "upstream_error",
         /// The sidecar could not decide (an issuer's keys cannot be loaded): 503, Pitchpoint retries.
         Unavailable => "unavailable",
+        /// Bodies in memory reached `server.max_buffered_bytes`: 503, Pitchpoint retries.
+        Overloaded => "overloaded",
+        /// The body did not arrive whole within `server.body_timeout_ms`: 408.
+        Timeout => "timeout",
+    }
+}
+
+labelled! {
+    /// Why the listener closed a connection without answering.
+    pub enum Closed {
+        /// Over `server.max_connections`.
+        TooManyConnections => "too_many_connections",
+        /// No whole request head within `server.header_timeout_ms`.
+        HeaderTimeout => "header_timeout",
     }
 }
 

@@ -12,6 +12,7 @@ use crate::dedup::memory::MemoryStore;
 use crate::dedup::redis::RedisStore;
 use crate::dedup::{Dedup, DedupStore};
 use crate::lifecycle::{self, JwksRefresher, Reloader};
+use crate::limits::{ConnectionTimeouts, Listener};
 use crate::proxy::Sidecar;
 use crate::state::Shared;
 
@@ -66,12 +67,20 @@ pub fn run(config: Config) -> ! {
     );
     let shared = Arc::new(Shared::new(config, dedup));
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let proxy = pingora::proxy::http_proxy(
         &server.configuration,
         Sidecar {
             shared: shared.clone(),
         },
-        "webhooks",
+    );
+    let server_cfg = &shared.live().config.server;
+    let timeouts = ConnectionTimeouts {
+        header: server_cfg.header_timeout,
+        keepalive: server_cfg.keepalive_timeout,
+    };
+    let mut proxy = Service::new(
+        "webhooks".to_string(),
+        Listener::new(proxy, server_cfg.max_connections, timeouts),
     );
     proxy.add_tcp(&listen);
 

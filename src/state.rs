@@ -7,6 +7,7 @@ use crate::auth::jwt::JwtVerifier;
 use crate::config::{Config, Deadlines, Method};
 use crate::dedup::Dedup;
 use crate::forward::App;
+use crate::limits::BodyBudget;
 
 /// The configuration in force and what was built from it. Replaced whole on reload.
 pub struct Live {
@@ -22,6 +23,8 @@ pub struct Live {
 pub struct Shared {
     live: RwLock<Arc<Live>>,
     pub dedup: Dedup,
+    /// Request bodies in memory, all connections together.
+    pub bodies: Arc<BodyBudget>,
     /// The start-up configuration's deadlines, which sized the dedup claims.
     pub startup: Deadlines,
 }
@@ -39,6 +42,7 @@ impl Shared {
                 jwt,
             })),
             dedup,
+            bodies: Arc::default(),
             startup,
         }
     }

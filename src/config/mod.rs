@@ -62,6 +62,16 @@ pub struct ServerConfig {
     /// `terminationGracePeriodSeconds`, so the pod is never killed mid-delivery.
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    /// A request head must arrive whole within it.
+    pub header_timeout: Duration,
+    /// A delivery body must arrive whole within it (408).
+    pub body_timeout: Duration,
+    /// An idle client connection is closed after it. Whole seconds: Pingora's unit.
+    pub keepalive_timeout: Duration,
+    /// Delivery bodies held in memory at once, all connections together (over it: 503).
+    pub max_buffered_bytes: usize,
+    /// Client connections open at once; more are closed as they are accepted.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -139,6 +149,13 @@ pub struct AuthConfig {
     pub forward_credentials: bool,
     pub hmac: HmacConfig,
     pub jwt: JwtConfig,
+}
+
+impl AuthConfig {
+    /// Whether verifying a delivery needs its body (HMAC does; a JWT alone does not).
+    pub fn needs_body(&self) -> bool {
+        self.methods.contains(&Method::Hmac)
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -65,6 +65,11 @@ pub struct RawServer {
     pub admin_listen: String,
     pub threads: usize,
     pub shutdown_grace_seconds: u64,
+    pub header_timeout_ms: u64,
+    pub body_timeout_ms: u64,
+    pub keepalive_timeout_ms: u64,
+    pub max_buffered_bytes: u64,
+    pub max_connections: u64,
     /// `access_log` was this key's name before the contract named it `log_format`.
     #[serde(alias = "access_log")]
     pub log_format: LogFormat,
@@ -77,6 +82,11 @@ impl Default for RawServer {
             admin_listen: "0.0.0.0:9090".into(),
             threads: 2,
             shutdown_grace_seconds: 25,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            keepalive_timeout_ms: 60_000,
+            max_buffered_bytes: 32 * 1024 * 1024,
+            max_connections: 1_024,
             log_format: LogFormat::Text,
         }
     }

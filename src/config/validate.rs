@@ -99,13 +99,41 @@ impl Validator<'_> {
         if raw.shutdown_grace_seconds > 3_600 {
             return Err(self.err("server.shutdown_grace_seconds", "must be at most 3600"));
         }
+        self.limits(&raw)?;
         Ok(ServerConfig {
             listen,
             admin_listen,
             threads: raw.threads,
             shutdown_grace: Duration::from_secs(raw.shutdown_grace_seconds),
             log_format: raw.log_format,
+            header_timeout: Duration::from_millis(raw.header_timeout_ms),
+            body_timeout: Duration::from_millis(raw.body_timeout_ms),
+            keepalive_timeout: Duration::from_secs(raw.keepalive_timeout_ms.div_ceil(1_000)),
+            max_buffered_bytes: raw.max_buffered_bytes as usize,
+            max_connections: raw.max_connections as usize,
         })
+    }
+
+    fn limits(&self, raw: &RawServer) -> Result<(), ConfigError> {
+        for (key, v) in [
+            ("server.header_timeout_ms", raw.header_timeout_ms),
+            ("server.body_timeout_ms", raw.body_timeout_ms),
+            ("server.keepalive_timeout_ms", raw.keepalive_timeout_ms),
+        ] {
+            if v == 0 || v > 3_600_000 {
+                return Err(self.err(key, "must be between 1 and 3600000"));
+            }
+        }
+        if raw.max_buffered_bytes == 0 || raw.max_buffered_bytes > 1 << 34 {
+            return Err(self.err(
+                "server.max_buffered_bytes",
+                "must be between 1 and 17179869184",
+            ));
+        }
+        if !(1..=1_000_000).contains(&raw.max_connections) {
+            return Err(self.err("server.max_connections", "must be between 1 and 1000000"));
+        }
+        Ok(())
     }
 
     fn upstream(&self, raw: RawUpstream) -> Result<UpstreamConfig, ConfigError> {

@@ -1,6 +1,7 @@
 //! The steps of one delivery, in the order of the contract (SPEC "Handling one request"). Each returns the
 //! value the next step needs, or the `Reply` that ends the delivery.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -14,6 +15,7 @@ use crate::config::{Config, FiltersConfig};
 use crate::dedup::{Claim, ClaimGuard, Dedup};
 use crate::forward::{AppFailure, Exchange};
 use crate::headers::{self, Delivery, Forwarding};
+use crate::limits::{BodyBudget, Reservation};
 use crate::metrics::METRICS;
 use crate::outcome::Outcome;
 use crate::state::Live;
@@ -41,25 +43,48 @@ fn too_large() -> Reply {
     Reply::new(413, Outcome::TooLarge, "payload too large\n").close()
 }
 
-/// The whole body, at most `max` bytes. Answers `100 Continue` first when the sender waits for it.
+/// A delivery body, and its share of the memory budget for bodies, held as long as the body is.
+pub struct Body {
+    pub bytes: Bytes,
+    _held: Reservation,
+}
+
+/// The whole body, within `max_body_bytes` (413), the memory budget for all bodies (503) and
+/// `body_timeout` (408). Answers `100 Continue` first when the sender waits for it.
 pub async fn read_body(
     session: &mut Session,
-    max: usize,
+    live: &Live,
+    budget: &Arc<BodyBudget>,
     declared: Option<u64>,
-) -> Result<Bytes, Reply> {
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
-        session
-            .write_continue_response()
-            .await
-            .map_err(|_| broken_body())?;
+) -> Result<Body, Reply> {
+    let server = &live.config.server;
+    let max = live.config.webhooks.max_body_bytes;
+    let mut held = budget.reservation();
+    // Reserved from the declared length before a byte is read; a chunked body's share grows as it comes.
+    if let Some(n) = declared
+        && !held.grow_to(n as usize, server.max_buffered_bytes)
+    {
+        return Err(overloaded());
     }
-    let hint = declared.map_or(0, |n| usize::try_from(n).unwrap_or(max).min(max));
-    let mut buf = BytesMut::with_capacity(hint);
+    continue_if_expected(session).await?;
+    let reading = read_within(session, max, &mut held, server.max_buffered_bytes);
+    match tokio::time::timeout(server.body_timeout, reading).await {
+        Ok(bytes) => Ok(Body {
+            bytes: bytes?,
+            _held: held,
+        }),
+        Err(_) => Err(Reply::new(408, Outcome::Timeout, "request timeout\n").close()),
+    }
+}
+
+async fn read_within(
+    session: &mut Session,
+    max: usize,
+    held: &mut Reservation,
+    budget: usize,
+) -> Result<Bytes, Reply> {
+    // Grown as data arrives: a declared length is no reason to allocate before the bytes come.
+    let mut buf = BytesMut::new();
     while let Some(chunk) = session.read_request_body().await.map_err(|e| {
         log::debug!("request body failed: {}", e.etype().as_str());
         broken_body()
@@ -67,9 +92,34 @@ pub async fn read_body(
         if buf.len() + chunk.len() > max {
             return Err(too_large());
         }
+        if !held.grow_to(buf.len() + chunk.len(), budget) {
+            return Err(overloaded());
+        }
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// `503` + `Retry-After`, connection closed: the body is left unread.
+fn overloaded() -> Reply {
+    Reply::retry_later(Outcome::Overloaded, "busy, retry later\n").close()
+}
+
+/// Sends `100 Continue` when the sender waits for it. Pingora counts it as an answer given before the
+/// request was read, which would end keep-alive; it is not one.
+async fn continue_if_expected(session: &mut Session) -> Result<(), Reply> {
+    let expects = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects {
+        session.set_close_on_response_before_downstream_finish(false);
+        let sent = session.write_continue_response().await;
+        session.set_close_on_response_before_downstream_finish(true);
+        sent.map_err(|_| broken_body())?;
+    }
+    Ok(())
 }
 
 /// The body could not be read whole: the sender sees the connection closed, or this.

@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
@@ -90,6 +89,15 @@ impl ProxyHttp for Sidecar {
             auth_failure: None,
             _in_flight: METRICS.in_flight(),
         }
+    }
+
+    /// The head has arrived whole: the listener's head deadline is met, and the idle wait for the
+    /// connection's next request is bounded (Pingora's own default is to wait forever).
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        crate::limits::head_read();
+        let idle = self.shared.live().config.server.keepalive_timeout;
+        session.set_keepalive(Some(idle.as_secs().max(1)));
+        Ok(())
     }
 
     /// `Ok(true)`: the request was answered here (every webhook path); `Ok(false)`: Pingora proxies it to
@@ -193,8 +201,16 @@ impl Sidecar {
     ) -> Result<Exchange, Reply> {
         let cfg = &live.config;
         let declared = deliver::admit(session.req_header(), cfg)?;
-        let body = deliver::read_body(session, cfg.webhooks.max_body_bytes, declared).await?;
-        let verified = deliver::authenticate(live, session.req_header(), &body, ctx).await?;
+        // A token alone proves a delivery: with JWT only, an unauthenticated sender costs no body memory.
+        let early = match cfg.auth.needs_body() {
+            true => None,
+            false => Some(deliver::authenticate(live, session.req_header(), b"", ctx).await?),
+        };
+        let body = deliver::read_body(session, live, &self.shared.bodies, declared).await?;
+        let verified = match early {
+            Some(verified) => verified,
+            None => deliver::authenticate(live, session.req_header(), &body.bytes, ctx).await?,
+        };
         let delivery = deliver::read_headers(session.req_header())?;
         let result = self
             .dispatch(session, ctx, live, &delivery, verified, body)
@@ -211,14 +227,14 @@ impl Sidecar {
         live: &Live,
         delivery: &Delivery,
         verified: Option<Verified>,
-        body: Bytes,
+        body: deliver::Body,
     ) -> Result<Exchange, Reply> {
         deliver::filter(&live.config.filters, delivery)?;
         let claim = deliver::claim(&self.shared.dedup, &live.config, delivery).await?;
         let sent = deliver::Sent {
             delivery,
             verified: verified.as_ref(),
-            body: &body,
+            body: &body.bytes,
         };
         deliver::forward(session, ctx, live, sent, claim).await
     }
