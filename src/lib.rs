@@ -2,16 +2,16 @@
 //!
 //! Where to look: a delivery is verified in [`auth`], deduplicated in [`dedup`], its headers rewritten in
 //! [`headers`], and the whole path runs in [`proxy::Sidecar::request_filter`], which hands the request to
-//! the app through [`forward`].
+//! the app through [`upstream`].
 
 pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod dedup;
-pub mod forward;
 pub mod headers;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod timefmt;
+pub mod upstream;

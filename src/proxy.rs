@@ -15,9 +15,9 @@ use pingora::proxy::{ProxyHttp, Session};
 use crate::auth::{self, jwt::JwtVerifier};
 use crate::config::{AccessLog, Config, Method, OtherPaths};
 use crate::dedup::{Claim, Dedup};
-use crate::forward::{App, AppFailure};
 use crate::headers::{self, Delivery, Forwarding};
 use crate::metrics::{InFlight, METRICS};
+use crate::upstream::{App, AppFailure};
 
 /// App answers up to this size are read whole before they are relayed.
 const RELAY_BUFFER: usize = 64 * 1024;
