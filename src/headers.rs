@@ -367,12 +367,16 @@ pub fn request_id(req: &RequestHeader) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-/// Connection-scoped headers of the app's answer, never relayed. `Transfer-Encoding` is in the list
-/// because the answer is re-framed on the way out.
+/// Connection-scoped headers of the app's answer, never relayed (RFC 9110 7.6.1; the `Proxy-*` ones
+/// speak to the next proxy, which is this sidecar). `Transfer-Encoding` is in the list because the answer
+/// is re-framed on the way out. Names the app lists in its `Connection` header are dropped too, by the
+/// codec in `upstream`.
 pub fn is_response_hop_by_hop(name: &str) -> bool {
-    const NAMES: [&str; 7] = [
+    const NAMES: [&str; 9] = [
         "connection",
         "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
         "proxy-connection",
         "te",
         "trailer",

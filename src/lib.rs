@@ -2,13 +2,12 @@
 //!
 //! Where to look: the path of a delivery is drawn at the top of [`proxy`]; it is verified in [`auth`],
 //! deduplicated in [`dedup`], its headers rewritten in [`headers`], and sent to the app through
-//! [`forward`]. The configuration is [`config`]; the state in force, swapped on reload, is [`state`].
+//! [`upstream`]. The configuration is [`config`]; the state in force, swapped on reload, is [`state`].
 
 pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod dedup;
-pub mod forward;
 pub mod headers;
 pub mod lifecycle;
 pub mod limits;
@@ -20,3 +19,4 @@ pub mod proxy;
 pub mod server;
 pub mod state;
 pub mod timefmt;
+pub mod upstream;

@@ -6,8 +6,8 @@ use std::sync::{Arc, RwLock};
 use crate::auth::jwt::JwtVerifier;
 use crate::config::{Config, Deadlines, Method};
 use crate::dedup::Dedup;
-use crate::forward::App;
 use crate::limits::BodyBudget;
+use crate::upstream::App;
 
 /// The configuration in force and what was built from it. Replaced whole on reload.
 pub struct Live {
@@ -32,7 +32,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config, dedup: Dedup) -> Self {
         let startup = config.upstream.deadlines();
-        let app = Arc::new(App::new(&config.upstream, startup.exchange));
+        let app = Arc::new(App::new(&config.upstream, startup));
         let jwt = jwt_verifier(&config, None);
         Self {
             live: RwLock::new(Arc::new(Live {
@@ -59,7 +59,7 @@ impl Shared {
         let app = if old.config.upstream == config.upstream {
             old.app.clone()
         } else {
-            Arc::new(App::new(&config.upstream, deadlines.exchange))
+            Arc::new(App::new(&config.upstream, deadlines))
         };
         let jwt = jwt_verifier(&config, old.jwt.as_ref());
         let live = Arc::new(Live {

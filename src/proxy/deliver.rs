@@ -13,12 +13,12 @@ use super::{Ctx, client_ip};
 use crate::auth::{self, Verified};
 use crate::config::{Config, FiltersConfig};
 use crate::dedup::{Claim, ClaimGuard, Dedup};
-use crate::forward::{AppFailure, Exchange};
 use crate::headers::{self, Delivery, Forwarding};
 use crate::limits::{BodyBudget, Reservation};
 use crate::metrics::METRICS;
 use crate::outcome::Outcome;
 use crate::state::Live;
+use crate::upstream::{AppFailure, Exchange};
 
 /// 405 for anything but POST; 413 when the declared length is over the limit. The declared length.
 pub fn admit(req: &RequestHeader, cfg: &Config) -> Result<Option<u64>, Reply> {

@@ -11,7 +11,7 @@
 //!   read headers    400 missing or ambiguous X-Pps-*                         deliver.rs -> headers.rs
 //!   filter          403 outside an allow-list                                deliver.rs
 //!   claim           duplicate: the remembered 2xx; in flight: 503            deliver.rs -> dedup/
-//!   forward         502 / 504 when the app fails; the claim is settled       deliver.rs -> forward.rs
+//!   forward         502 / 504 when the app fails; the claim is settled       deliver.rs -> upstream/
 //!   relay           the app's status, headers and body                       relay.rs
 //!        │
 //!   logging         one access line, the request counted by outcome          access_log.rs
@@ -21,7 +21,7 @@
 //! status and outcome (`Ctx::ended`), the one place besides a relayed answer where they are set.
 //!
 //! The body is read in `request_filter`, before anything goes upstream, and deliveries are then sent to
-//! the app by the sidecar's own client (`forward.rs`): Pingora's proxy loop could replay such a body only
+//! the app by the sidecar's own client (`upstream/`): Pingora's proxy loop could replay such a body only
 //! from its 64 KiB retry buffer.
 
 mod access_log;
@@ -39,12 +39,12 @@ use pingora::proxy::{ProxyHttp, Session};
 
 use crate::auth::Verified;
 use crate::config::OtherPaths;
-use crate::forward::Exchange;
 use crate::headers::{self, Delivery};
 use crate::metrics::{InFlight, METRICS};
 use crate::outcome::Outcome;
 use crate::paths::Route;
 use crate::state::{Live, Shared};
+use crate::upstream::Exchange;
 use reply::Reply;
 
 pub struct Sidecar {

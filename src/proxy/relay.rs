@@ -5,7 +5,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::Ctx;
-use crate::forward::{App, Exchange};
+use crate::upstream::{App, Exchange};
 
 /// App answers up to this size are read whole before they are relayed.
 const RELAY_BUFFER: usize = 64 * 1024;
