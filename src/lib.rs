@@ -12,6 +12,7 @@ pub mod forward;
 pub mod headers;
 pub mod lifecycle;
 pub mod metrics;
+pub mod process;
 pub mod proxy;
 pub mod server;
 pub mod timefmt;
