@@ -19,6 +19,7 @@ pub fn render(out: &mut String) {
 
 /// One reading of the process's resources.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 struct Sample {
     cpu_seconds: f64,
     resident_bytes: u64,
@@ -80,6 +81,7 @@ fn write_sample(out: &mut String, s: &Sample) {
 
 /// The fields of `/proc/self/stat` used here, in clock ticks and pages as the kernel gives them.
 #[derive(Debug, PartialEq)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 struct Stat {
     ticks: u64,
     start_ticks: u64,

@@ -144,7 +144,7 @@ fn manifest_checks_catch_broken_manifests() {
         .and_then(|s| s.strip_suffix(" breaks caught"))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("unexpected output: {out}"));
-    assert!(caught >= 40, "{out}");
+    assert!(caught >= 100, "{out}");
 }
 
 // ---- the pod on loopback ----------------------------------------------------------------------
