@@ -459,9 +459,11 @@ def check_structure(variant, docs):
             e.append(f"{variant}: pod annotation {k} must be {v!r}, is {annotations.get(k)!r}")
 
     # -- lifecycle, security, resources
-    tgps = pod.get("terminationGracePeriodSeconds")
-    if tgps != 30 or (isinstance(grace, int) and tgps <= grace):
-        e.append(f"{variant}: terminationGracePeriodSeconds must be 30, above shutdown_grace_seconds ({grace})")
+    # Absent is Kubernetes' default, 30 s; a longer one (an app that needs it) is fine.
+    tgps = pod.get("terminationGracePeriodSeconds", 30)
+    if not isinstance(tgps, int) or tgps < 30 or (isinstance(grace, int) and tgps <= grace):
+        e.append(f"{variant}: terminationGracePeriodSeconds must be at least 30 and above "
+                 f"shutdown_grace_seconds ({grace}), is {tgps}")
     pod_sc = pod.get("securityContext") or {}
     for c in (side, app):
         sc = c.get("securityContext") or {}
