@@ -156,14 +156,20 @@ KUSTOMIZED = {}
 def kustomize(d, errors):
     """The documents `kubectl kustomize k8s/D` prints (once per process), or None with an error."""
     if d not in KUSTOMIZED:
+        import shutil
+
+        # kubectl has kustomize built in; a standalone kustomize does as well. Components need kustomize
+        # 3.7 or later: kubectl 1.21 or later (Debian 12's own kubernetes-client, 1.20, is too old).
+        cmd = (["kubectl", "kustomize"] if shutil.which("kubectl") or not shutil.which("kustomize")
+               else ["kustomize", "build"])
         try:
-            out = subprocess.run(["kubectl", "kustomize", os.path.join(HERE, d)], stdout=subprocess.PIPE,
+            out = subprocess.run([*cmd, os.path.join(HERE, d)], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         except FileNotFoundError:
             out = None
         if out is None or out.returncode != 0:
-            KUSTOMIZED[d] = "kubectl kustomize failed (kubectl missing? .ci/deps installs it): " + (
-                out.stderr.strip() if out else "no kubectl on PATH")
+            KUSTOMIZED[d] = f"{' '.join(cmd)} failed (kubectl 1.21+ missing? .ci/deps installs it): " + (
+                out.stderr.strip() if out else "neither kubectl nor kustomize on PATH")
         else:
             import yaml
 
