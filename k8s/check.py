@@ -3,20 +3,28 @@
 
     python3 k8s/check.py                 validate everything; exit 0, or 1 with one line per problem
     python3 k8s/check.py --print-config  print the sidecar.toml held by the ConfigMap, byte for byte
+    python3 k8s/check.py --print-queries print, as JSON, every PromQL expression of k8s/monitoring (alerts,
+                                         dashboard panels and variables): tests/monitoring.rs checks that
+                                         each series they name is on /metrics
     python3 k8s/check.py --self-test     break the manifests in memory in known ways and show that each
                                          break is caught (so that a green run means something)
 
 1. Schemas: every manifest is validated strictly (unknown fields are errors) with the PyPI package
-   kubernetes-validate against Kubernetes 1.29 and the newest version it bundles; the two-container
-   variant, meant for older clusters, also against the oldest version it bundles.
-2. Structure, per variant (native-sidecar, two-containers), as `kubectl apply -k` would create it: the
-   Service reaches the sidecar's webhook port and never the app's, the probes hit the admin port, the app is
-   bound to loopback, the config and secret files the TOML names are really mounted, the securityContext is
-   locked down, and so on.
+   kubernetes-validate against Kubernetes 1.29 and the newest version it bundles; the variants meant for
+   older clusters (two containers) also against the oldest version it bundles.
+2. Structure, per variant, as `kubectl apply -k` would create it: the Service reaches the sidecar's webhook
+   port and never the app's, the probes hit the admin port, the app is bound to loopback, the config and
+   secret files the TOML names are really mounted, the securityContext is locked down, the image carries
+   Cargo.toml's version, and so on. Every sidecar container is the native-sidecar one (bar restartPolicy).
+3. The kustomize components (k8s/components), rendered over the sample app in k8s/examples by `kubectl
+   kustomize` (kustomize is built into kubectl; apt-get install kubectl), pass the same checks.
+4. k8s/monitoring: the PodMonitor selects every variant's pod on its admin port, every alert has a
+   severity, a summary and a `for`, and the Grafana dashboard is JSON whose panels all have queries. (That
+   their series exist on /metrics is tests/monitoring.rs.)
 
-The variants are rendered here from their kustomization.yaml (`resources` only, which is all they use), so
-neither kubectl nor kustomize is needed. kubernetes-validate (and PyYAML with it) is installed into a
-virtualenv at target/k8s-venv on first use (`python3 -m venv`: on Debian the python3-venv package).
+native-sidecar and two-containers are rendered here from their kustomization.yaml (`resources` only, which
+is all they use). kubernetes-validate (and PyYAML with it) is installed into a virtualenv at
+target/k8s-venv on first use (`python3 -m venv`: on Debian the python3-venv package).
 """
 
 import copy
@@ -31,12 +39,25 @@ VENV = os.environ.get("PPS_K8S_VENV") or os.path.join(REPO, "target", "k8s-venv"
 REQUIREMENTS = ["kubernetes-validate==1.37.0", "tomli>=2; python_version < '3.11'"]
 MIN_VERSION = "1.29"
 
-VARIANTS = ["native-sidecar", "two-containers"]
+# Directories under k8s/ that `kubectl apply -k` takes, each a complete app with its sidecar.
+VARIANTS = ["native-sidecar", "two-containers", "examples/with-sidecar", "examples/with-sidecar-legacy"]
+# The sidecar as an init container with restartPolicy: Always (Kubernetes 1.29+); the others are for older
+# clusters, with the sidecar as a plain second container.
+NATIVE = {"native-sidecar", "examples/with-sidecar"}
+# Rendered by `kubectl kustomize` (they use components and generators), the others by Render below.
+KUSTOMIZE = {"examples/with-sidecar", "examples/with-sidecar-legacy"}
+# Folders whose files are reached by `kubectl kustomize` rather than by Render.
+KUSTOMIZED_DIRS = ("components", "examples", "monitoring")
 SIDECAR_IMAGE = "pps-sidecar"
 CONFIG_PATH = "/etc/pps-sidecar/sidecar.toml"
 SIDECAR_ARGS = ["run", "--config", CONFIG_PATH]
 RUN_AS_USER = 65532
+# What the Dockerfile's build (.ci/build-release: cargo build --release --locked) reads, and what it must not
+# be sent: the tests, the benchmarks, the manifests, the examples and the build output.
+DOCKER_NEEDED = {"Cargo.toml", "Cargo.lock", "src", ".ci"}
+DOCKER_IGNORED = {"target", ".git", "dist", "tests", "bench", "k8s", "examples"}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+VERSION = None  # Cargo.toml's package.version, read in main() (tomllib may need the virtualenv)
 
 
 # ---- the virtualenv -------------------------------------------------------------------------------
@@ -129,7 +150,42 @@ class Render:
                 self.errors.append(f"{rel(k)}: resource {r} does not exist")
 
 
+KUSTOMIZED = {}
+
+
+def kustomize(d, errors):
+    """The documents `kubectl kustomize k8s/D` prints (once per process), or None with an error."""
+    if d not in KUSTOMIZED:
+        import shutil
+
+        # kubectl has kustomize built in; a standalone kustomize does as well. Components need kustomize
+        # 3.7 or later: kubectl 1.21 or later (Debian 12's own kubernetes-client, 1.20, is too old).
+        cmd = (["kubectl", "kustomize"] if shutil.which("kubectl") or not shutil.which("kustomize")
+               else ["kustomize", "build"])
+        try:
+            out = subprocess.run([*cmd, os.path.join(HERE, d)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        except FileNotFoundError:
+            out = None
+        if out is None or out.returncode != 0:
+            KUSTOMIZED[d] = f"{' '.join(cmd)} failed (kubectl 1.21+ missing? .ci/deps installs it): " + (
+                out.stderr.strip() if out else "neither kubectl nor kustomize on PATH")
+        else:
+            import yaml
+
+            KUSTOMIZED[d] = [doc for doc in yaml.safe_load_all(out.stdout) if doc is not None]
+    got = KUSTOMIZED[d]
+    if isinstance(got, str):
+        errors.append(f"{d}: {got}")
+        return None
+    return copy.deepcopy(got)
+
+
 def render(variant, errors):
+    if variant in KUSTOMIZE:
+        r = Render(errors)
+        r.docs = [(os.path.join(HERE, variant, "(kustomize)"), doc) for doc in kustomize(variant, errors) or []]
+        return r
     r = Render(errors)
     r.dir(os.path.join(HERE, variant))
     seen = set()
@@ -283,7 +339,7 @@ def check_structure(variant, docs):
                  f"found {len(sidecars)} and {len(apps)}")
         return e
     side, app = sidecars[0], apps[0]
-    if variant == "native-sidecar":
+    if variant in NATIVE:
         if side not in inits or side.get("restartPolicy") != "Always":
             e.append(f"{variant}: the sidecar must be an init container with restartPolicy: Always")
     else:
@@ -291,8 +347,12 @@ def check_structure(variant, docs):
             e.append(f"{variant}: the sidecar must be a plain container (no restartPolicy, no init containers)")
     if side.get("args") != SIDECAR_ARGS:
         e.append(f"{variant}: sidecar args must be {SIDECAR_ARGS}, not {side.get('args')}")
-    if side.get("image") != "pps-sidecar:latest":
-        e.append(f"{variant}: sidecar image must be pps-sidecar:latest (users substitute their own)")
+    if side.get("image") != f"pps-sidecar:{VERSION}":
+        e.append(f"{variant}: sidecar image must be pps-sidecar:{VERSION}, Cargo.toml's version "
+                 f"(users substitute their registry with `images:`), not {side.get('image')}")
+    app_tag = app.get("image", "").rpartition(":")[2]
+    if "@" not in app.get("image", "") and (not app_tag or app_tag == "latest" or "/" in app_tag):
+        e.append(f"{variant}: app image {app.get('image')} needs a version tag, not latest")
 
     # -- the configuration the sidecar will read
     def keys(kind, name):
@@ -405,9 +465,11 @@ def check_structure(variant, docs):
             e.append(f"{variant}: pod annotation {k} must be {v!r}, is {annotations.get(k)!r}")
 
     # -- lifecycle, security, resources
-    tgps = pod.get("terminationGracePeriodSeconds")
-    if tgps != 30 or (isinstance(grace, int) and tgps <= grace):
-        e.append(f"{variant}: terminationGracePeriodSeconds must be 30, above shutdown_grace_seconds ({grace})")
+    # Absent is Kubernetes' default, 30 s; a longer one (an app that needs it) is fine.
+    tgps = pod.get("terminationGracePeriodSeconds", 30)
+    if not isinstance(tgps, int) or tgps < 30 or (isinstance(grace, int) and tgps <= grace):
+        e.append(f"{variant}: terminationGracePeriodSeconds must be at least 30 and above "
+                 f"shutdown_grace_seconds ({grace}), is {tgps}")
     pod_sc = pod.get("securityContext") or {}
     for c in (side, app):
         sc = c.get("securityContext") or {}
@@ -454,8 +516,11 @@ def check_dockerfiles():
     build = root[:root.index(froms[-1])] if froms else []
     if not any(".ci/build-release" in i for i in build if i.upper().startswith("RUN ")):
         e.append("Dockerfile: the build stage must run .ci/build-release")
-    if "USER nonroot" not in runtime:
-        e.append("Dockerfile: the runtime stage must end as USER nonroot")
+    users = [i.split()[1] for i in runtime if i.upper().startswith("USER ")]
+    # Numeric, so that a pod with runAsNonRoot and no runAsUser starts: the kubelet cannot tell whether a
+    # user name is root.
+    if not users or users[-1] != f"{RUN_AS_USER}:{RUN_AS_USER}":
+        e.append(f"Dockerfile: the runtime stage must end as USER {RUN_AS_USER}:{RUN_AS_USER} (numeric)")
     exposed = {p for i in runtime if i.upper().startswith("EXPOSE ") for p in i.split()[1:]}
     if not {"8080", "9090"} <= exposed:
         e.append(f"Dockerfile: must EXPOSE 8080 9090, exposes {sorted(exposed)}")
@@ -474,12 +539,109 @@ def check_dockerfiles():
         e.append("examples/legacy-app/Dockerfile: CMD must run app.py")
     with open(os.path.join(REPO, ".dockerignore")) as f:
         ignored = {ln.strip().rstrip("/") for ln in f if ln.strip()}
-    if not {"target", ".git"} <= ignored:
-        e.append(".dockerignore: must ignore target/ and .git")
+    missing = sorted(DOCKER_IGNORED - ignored)
+    if missing:
+        e.append(f".dockerignore: must also ignore {missing} (the build needs only {sorted(DOCKER_NEEDED)})")
+    needed = sorted(n for n in DOCKER_NEEDED if n in ignored or n.split("/")[0] in ignored)
+    if needed:
+        e.append(f".dockerignore: ignores {needed}, which the build needs")
     return e
 
 
 # ---- the whole check ------------------------------------------------------------------------------
+
+
+def cargo_version():
+    with open(os.path.join(REPO, "Cargo.toml")) as f:
+        return toml_loads(f.read())["package"]["version"]
+
+
+def pod_spec(docs):
+    dep = next((d for d in docs if d.get("kind") == "Deployment"), None)
+    return (dep or {}).get("spec", {}).get("template", {})
+
+
+def sidecar_container(docs):
+    spec = pod_spec(docs).get("spec") or {}
+    found = [c for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])
+             if c.get("name") == "pps-sidecar"]
+    return found[0] if len(found) == 1 else None
+
+
+def check_in_step(variant, docs, model_docs):
+    """The sidecar container and its TOML are the native-sidecar variant's (bar restartPolicy): one model."""
+    e = []
+    mine, model = sidecar_container(docs), sidecar_container(model_docs)
+    if mine is not None and model is not None:
+        strip = ({k: v for k, v in c.items() if k != "restartPolicy"} for c in (mine, model))
+        if next(strip) != next(strip):
+            e.append(f"{variant}: the pps-sidecar container differs from native-sidecar's (keep them in step)")
+    cm = lambda ds: next((d for d in ds if d.get("kind") == "ConfigMap"), {}).get("data", {}).get("sidecar.toml")
+    if variant in KUSTOMIZE and cm(docs) != cm(model_docs):
+        e.append(f"{variant}: its sidecar.toml differs from base/configmap.yaml's (keep them in step)")
+    return e
+
+
+# ---- monitoring -----------------------------------------------------------------------------------
+
+SEVERITIES = ("warning", "critical")
+
+
+def check_monitoring(docs, pods):
+    """`docs`: k8s/monitoring rendered; `pods`: variant -> pod template. Returns problems."""
+    import json
+
+    e = []
+    monitors = [d for d in docs if d.get("kind") == "PodMonitor"]
+    rules = [d for d in docs if d.get("kind") == "PrometheusRule"]
+    boards = [d for d in docs if d.get("kind") == "ConfigMap"]
+    if len(monitors) != 1 or len(rules) != 1 or len(boards) != 1:
+        return [f"monitoring: expected one PodMonitor, one PrometheusRule and one dashboard ConfigMap, found "
+                f"{len(monitors)}, {len(rules)} and {len(boards)}"]
+    for d in monitors + rules:
+        if d.get("apiVersion") != "monitoring.coreos.com/v1":
+            e.append(f"monitoring: {d['kind']} must be monitoring.coreos.com/v1")
+    spec = monitors[0].get("spec") or {}
+    match = (spec.get("selector") or {}).get("matchLabels") or {}
+    for variant, tpl in pods.items():
+        labels = (tpl.get("metadata") or {}).get("labels") or {}
+        if not match or any(labels.get(k) != v for k, v in match.items()):
+            e.append(f"monitoring: the PodMonitor selector {match} does not select {variant}'s pod {labels}")
+    if "any" not in (spec.get("namespaceSelector") or {}):
+        e.append("monitoring: the PodMonitor must look in every namespace (namespaceSelector: any: true)")
+    eps = spec.get("podMetricsEndpoints") or []
+    if not eps or any(ep.get("port") != "admin" or ep.get("path", "/metrics") != "/metrics" for ep in eps):
+        e.append("monitoring: the PodMonitor must scrape port `admin`, path /metrics")
+    alerts = [r for g in (rules[0].get("spec") or {}).get("groups") or [] for r in g.get("rules") or []]
+    if len(alerts) < 6:
+        e.append(f"monitoring: expected at least 6 alerts, found {len(alerts)}")
+    for r in alerts:
+        name = r.get("alert") or r.get("record")
+        if not r.get("alert") or not str(r.get("expr", "")).strip():
+            e.append(f"monitoring: rule {name} needs an alert name and an expr")
+        if not r.get("for"):
+            e.append(f"monitoring: alert {name} needs a `for` (no page on one bad scrape)")
+        if (r.get("labels") or {}).get("severity") not in SEVERITIES:
+            e.append(f"monitoring: alert {name} needs labels.severity, one of {SEVERITIES}")
+        ann = r.get("annotations") or {}
+        if not ann.get("summary") or not ann.get("description"):
+            e.append(f"monitoring: alert {name} needs annotations summary and description")
+    cm = boards[0]
+    if (cm.get("metadata", {}).get("labels") or {}).get("grafana_dashboard") != "1":
+        e.append("monitoring: the dashboard ConfigMap needs the label grafana_dashboard: \"1\" (Grafana's sidecar)")
+    for key, text in (cm.get("data") or {}).items():
+        try:
+            board = json.loads(text)
+        except ValueError as ex:
+            e.append(f"monitoring: {key} is not JSON: {ex}")
+            continue
+        panels = [p for p in board.get("panels") or [] if p.get("type") != "row"]
+        if not panels:
+            e.append(f"monitoring: {key} has no panels")
+        for p in panels:
+            if not any(str(t.get("expr", "")).strip() for t in p.get("targets") or []):
+                e.append(f"monitoring: {key} panel {p.get('title')!r} has no query")
+    return e
 
 
 def all_yaml_files():
@@ -500,26 +662,68 @@ def run_checks(mutate=None, quiet=False):
         reached.update(r.files)
     # Every manifest file belongs to some variant: a forgotten file would be silently never applied.
     for f in all_yaml_files():
+        if rel(f).split(os.sep)[1] in KUSTOMIZED_DIRS:
+            continue  # reached by kubectl kustomize: checked by rendering them
         if os.path.basename(f) != "kustomization.yaml" and f not in reached:
             errors.append(f"{rel(f)}: not listed in any kustomization.yaml")
 
+    rendered = {}
     for variant, r in renders.items():
         docs = [copy.deepcopy(d) for _, d in r.docs]
         if mutate is not None:
             mutate(variant, docs)
-        versions = schema_versions(oldest_too=variant == "two-containers")
+        versions = schema_versions(oldest_too=variant not in NATIVE)
         problems = []
         for (f, _), doc in zip(r.docs, docs):
             label = f"{rel(f)} {doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
             problems.extend(schema_errors(label, doc, versions))
             validated += len(versions)
         problems.extend(check_structure(variant, docs))
+        if variant != VARIANTS[0]:
+            problems.extend(check_in_step(variant, docs, rendered[VARIANTS[0]]))
+        rendered[variant] = docs
         errors.extend(problems)
         if not problems:
             summary.append(f"{variant}: ok ({len(docs)} documents; schemas {', '.join(versions)})")
+    monitoring = kustomize("monitoring", errors) or []
+    if mutate is not None:
+        mutate("monitoring", monitoring)
+    problems = [p for d in monitoring if d.get("kind") == "ConfigMap"
+                for p in schema_errors(f"monitoring ConfigMap/{d['metadata'].get('name')}", d, [MIN_VERSION])]
+    problems += check_monitoring(monitoring, {v: pod_spec(ds) for v, ds in rendered.items()})
+    errors.extend(problems)
+    if not problems:
+        summary.append(f"monitoring: ok ({len(monitoring)} documents)")
     errors.extend(check_dockerfiles())
     summary.append(f"{validated} schema validations")
     return list(dict.fromkeys(errors)), summary
+
+
+def print_queries():
+    import json
+
+    errors = []
+    docs = kustomize("monitoring", errors)
+    if errors:
+        sys.exit("\n".join(errors))
+    out = []
+    for d in docs:
+        if d.get("kind") == "PrometheusRule":
+            for g in d["spec"]["groups"]:
+                for r in g["rules"]:
+                    out.append({"source": f"alert {r.get('alert') or r.get('record')}", "expr": r["expr"]})
+        if d.get("kind") == "ConfigMap":
+            for key, text in d["data"].items():
+                board = json.loads(text)
+                for p in board.get("panels") or []:
+                    for t in p.get("targets") or []:
+                        out.append({"source": f"{key} panel {p.get('title')!r}", "expr": t["expr"]})
+                for v in (board.get("templating") or {}).get("list") or []:
+                    query = v.get("query")
+                    if v.get("type") == "query":
+                        out.append({"source": f"{key} variable {v['name']}",
+                                    "expr": query.get("query") if isinstance(query, dict) else query})
+    print(json.dumps(out, indent=1))
 
 
 def print_config():
@@ -631,7 +835,31 @@ BREAKS = [
      lambda d: sidecar(d)["ports"][1].update(containerPort="9090"), "invalid for Kubernetes"),
     ("a protocol that is not a string", None,
      lambda d: service(d)["spec"]["ports"][0].update(protocol=6), "invalid for Kubernetes"),
+    # Versions and keeping the copies of the sidecar in step.
+    ("the sidecar image as latest", None,
+     setter(sidecar, "image", "pps-sidecar:latest"), "Cargo.toml's version"),
+    ("the app image as latest", None,
+     setter(app, "image", "pps-legacy-app:latest"), "needs a version tag"),
+    ("a copy of the sidecar drifts from the native-sidecar one", VARIANTS[1:],
+     lambda d: sidecar(d)["resources"]["limits"].update(memory="256Mi"), "differs from native-sidecar's"),
+    ("an example's sidecar.toml drifts from the base one", sorted(KUSTOMIZE),
+     toml_edit("max_entries = 500000", "max_entries = 400000"), "differs from base/configmap.yaml's"),
+    # Monitoring.
+    ("the PodMonitor selects other pods", ["monitoring"],
+     lambda d: kind(d, "PodMonitor")["spec"]["selector"].update(matchLabels={"app": "x"}), "does not select"),
+    ("the PodMonitor scrapes the webhook port", ["monitoring"],
+     lambda d: kind(d, "PodMonitor")["spec"]["podMetricsEndpoints"][0].update(port="webhooks"), "port `admin`"),
+    ("an alert without severity", ["monitoring"],
+     lambda d: kind(d, "PrometheusRule")["spec"]["groups"][0]["rules"][0]["labels"].clear(), "labels.severity"),
+    ("an alert without for", ["monitoring"],
+     lambda d: kind(d, "PrometheusRule")["spec"]["groups"][0]["rules"][1].pop("for"), "needs a `for`"),
+    ("a dashboard that is not JSON", ["monitoring"],
+     lambda d: kind(d, "ConfigMap")["data"].update({"pps-sidecar.json": "{"}), "is not JSON"),
 ]
+
+
+def kind(docs, k):
+    return next(d for d in docs if d.get("kind") == k)
 
 
 def self_test():
@@ -657,10 +885,14 @@ def self_test():
 
 
 def main():
+    global VERSION
     bootstrap()
+    VERSION = cargo_version()
     args = sys.argv[1:]
     if args == ["--print-config"]:
         return print_config()
+    if args == ["--print-queries"]:
+        return print_queries()
     if args == ["--self-test"]:
         return self_test()
     if args:

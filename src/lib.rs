@@ -15,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod paths;
+pub mod process;
 pub mod proxy;
 pub mod server;
 pub mod state;

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use crate::outcome::{Closed, Failure, Outcome};
 
-/// Upper bounds of the app latency histogram, in seconds.
-const BUCKETS: [f64; 13] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+/// Upper bounds of the latency histograms, in seconds. They reach past `upstream.read_timeout_ms` (30 s
+/// by default), so that an app answering just before its timeout lands in a bucket of its own instead of
+/// vanishing into `+Inf` with the ones that timed out.
+const BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0,
 ];
 
 /// The process's metrics.
@@ -21,9 +23,8 @@ pub struct Metrics {
     requests: [AtomicU64; Outcome::ALL.len()],
     auth_failures: [AtomicU64; Failure::ALL.len()],
     app_responses: [AtomicU64; 5],
-    upstream_buckets: [AtomicU64; BUCKETS.len()],
-    upstream_count: AtomicU64,
-    upstream_sum_micros: AtomicU64,
+    upstream: Histogram,
+    request: Histogram,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     jwks_ok: AtomicU64,
@@ -47,9 +48,8 @@ impl Metrics {
             requests: [const { AtomicU64::new(0) }; Outcome::ALL.len()],
             auth_failures: [const { AtomicU64::new(0) }; Failure::ALL.len()],
             app_responses: [const { AtomicU64::new(0) }; 5],
-            upstream_buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
-            upstream_count: AtomicU64::new(0),
-            upstream_sum_micros: AtomicU64::new(0),
+            upstream: Histogram::new(),
+            request: Histogram::new(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             jwks_ok: AtomicU64::new(0),
@@ -78,13 +78,12 @@ impl Metrics {
 
     /// Time spent waiting for the app, answered or not.
     pub fn observe_upstream(&self, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.upstream_buckets[i].fetch_add(1, Relaxed);
-        }
-        self.upstream_count.fetch_add(1, Relaxed);
-        self.upstream_sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Relaxed);
+        self.upstream.observe(elapsed);
+    }
+
+    /// A whole request, from its head arriving to its answer written, whatever the outcome.
+    pub fn observe_request(&self, elapsed: Duration) {
+        self.request.observe(elapsed);
     }
 
     pub fn reload(&self, r: Result) {
@@ -163,24 +162,22 @@ impl Metrics {
             std::array::from_fn::<_, 5, _>(|i| (classes[i], load(&self.app_responses[i]))),
         );
 
-        let name = "pps_sidecar_upstream_duration_seconds";
-        header(
+        self.upstream.render(
             w,
             (
-                name,
+                "pps_sidecar_upstream_duration_seconds",
                 "histogram",
                 "Time from sending a delivery to the app to its response header.",
             ),
         );
-        let mut cumulative = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += load(&self.upstream_buckets[i]);
-            let _ = writeln!(w, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let count = load(&self.upstream_count);
-        let sum = load(&self.upstream_sum_micros) as f64 / 1e6;
-        let _ = writeln!(w, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(w, "{name}_sum {sum}\n{name}_count {count}");
+        self.request.render(
+            w,
+            (
+                "pps_sidecar_request_duration_seconds",
+                "histogram",
+                "Time from a request's head arriving to its answer, whatever the outcome.",
+            ),
+        );
 
         for (meta, value) in [
             (
@@ -274,7 +271,49 @@ impl Metrics {
             "version",
             [(env!("CARGO_PKG_VERSION"), 1)],
         );
+        crate::process::render(w);
         out
+    }
+}
+
+/// A latency histogram over [`BUCKETS`]; each observation lands in one bucket, summed up when rendered.
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    const fn new() -> Self {
+        Self {
+            buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, w: &mut String, meta: Meta) {
+        let name = meta.0;
+        header(w, meta);
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += load(&self.buckets[i]);
+            let _ = writeln!(w, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = load(&self.count);
+        let sum = load(&self.sum_micros) as f64 / 1e6;
+        let _ = writeln!(w, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(w, "{name}_sum {sum}\n{name}_count {count}");
     }
 }
 
@@ -327,13 +366,32 @@ mod tests {
         let m = Metrics::new();
         m.app_response(200, Duration::from_micros(500));
         m.app_response(500, Duration::from_millis(30));
-        m.observe_upstream(Duration::from_secs(60));
+        m.observe_upstream(Duration::from_secs(29));
+        m.observe_upstream(Duration::from_secs(90));
         let text = m.render(7, 0);
         assert!(text.contains("pps_sidecar_upstream_duration_seconds_bucket{le=\"0.001\"} 1"));
         assert!(text.contains("pps_sidecar_upstream_duration_seconds_bucket{le=\"0.05\"} 2"));
-        assert!(text.contains("pps_sidecar_upstream_duration_seconds_bucket{le=\"+Inf\"} 3"));
-        assert!(text.contains("pps_sidecar_upstream_duration_seconds_count 3"));
+        // An answer just inside the 30 s read timeout has a bucket; only the 90 s one is past them all.
+        assert!(text.contains("pps_sidecar_upstream_duration_seconds_bucket{le=\"15\"} 2"));
+        assert!(text.contains("pps_sidecar_upstream_duration_seconds_bucket{le=\"30\"} 3"));
+        assert!(text.contains("pps_sidecar_upstream_duration_seconds_bucket{le=\"60\"} 3"));
+        assert!(text.contains("pps_sidecar_upstream_duration_seconds_bucket{le=\"+Inf\"} 4"));
+        assert!(text.contains("pps_sidecar_upstream_duration_seconds_count 4"));
         assert!(text.contains("pps_sidecar_app_responses_total{class=\"5xx\"} 1"));
         assert!(text.contains("pps_sidecar_dedup_entries 7"));
+    }
+
+    #[test]
+    fn whole_requests_have_their_own_histogram() {
+        let m = Metrics::new();
+        m.observe_request(Duration::from_millis(3));
+        m.observe_upstream(Duration::from_millis(2));
+        m.observe_upstream(Duration::from_millis(2));
+        let text = m.render(0, 0);
+        assert!(text.contains("# TYPE pps_sidecar_request_duration_seconds histogram"));
+        assert!(text.contains("pps_sidecar_request_duration_seconds_bucket{le=\"0.0025\"} 0"));
+        assert!(text.contains("pps_sidecar_request_duration_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("pps_sidecar_request_duration_seconds_count 1"));
+        assert!(text.contains("pps_sidecar_upstream_duration_seconds_count 2"));
     }
 }

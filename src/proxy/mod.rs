@@ -170,6 +170,7 @@ impl ProxyHttp for Sidecar {
         if let Some(outcome) = ctx.outcome {
             METRICS.request(outcome);
         }
+        METRICS.observe_request(ctx.started.elapsed());
         access_log::write(session, ctx);
     }
 }
