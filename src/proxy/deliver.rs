@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
@@ -67,7 +67,8 @@ pub async fn read_body(
         return Err(overloaded());
     }
     continue_if_expected(session).await?;
-    let reading = read_within(session, max, &mut held, server.max_buffered_bytes);
+    let limit = declared.map_or(max, |n| (n as usize).min(max));
+    let reading = read_within(session, limit, &mut held, server.max_buffered_bytes);
     match tokio::time::timeout(server.body_timeout, reading).await {
         Ok(bytes) => Ok(Body {
             bytes: bytes?,
@@ -77,27 +78,34 @@ pub async fn read_body(
     }
 }
 
+/// Reads the body, at most `limit` bytes (the declared length, or `max_body_bytes`).
 async fn read_within(
     session: &mut Session,
-    max: usize,
+    limit: usize,
     held: &mut Reservation,
     budget: usize,
 ) -> Result<Bytes, Reply> {
-    // Grown as data arrives: a declared length is no reason to allocate before the bytes come.
-    let mut buf = BytesMut::new();
+    // Grown as data arrives, doubling but never past `limit`: a declared length is no reason to allocate
+    // before the bytes come, and the buffer never holds more than was reserved for it.
+    let mut buf: Vec<u8> = Vec::new();
     while let Some(chunk) = session.read_request_body().await.map_err(|e| {
         log::debug!("request body failed: {}", e.etype().as_str());
         broken_body()
     })? {
-        if buf.len() + chunk.len() > max {
+        let len = buf.len() + chunk.len();
+        if len > limit {
             return Err(too_large());
         }
-        if !held.grow_to(buf.len() + chunk.len(), budget) {
+        if !held.grow_to(len, budget) {
             return Err(overloaded());
+        }
+        if len > buf.capacity() {
+            let target = len.max(buf.capacity() * 2).min(limit);
+            buf.reserve_exact(target - buf.len());
         }
         buf.extend_from_slice(&chunk);
     }
-    Ok(buf.freeze())
+    Ok(Bytes::from(buf))
 }
 
 /// `503` + `Retry-After`, connection closed: the body is left unread.

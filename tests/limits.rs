@@ -1,0 +1,258 @@
+//! Resource limits against slow, stalled and numerous senders, with the real binary: each timeout, the
+//! memory budget for bodies, the connection bound, and what a flood of stalled uploads costs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn metrics(sidecar: &Sidecar) -> String {
+    sidecar.admin_get("/metrics").await.text()
+}
+
+/// A signed delivery of `len` bytes, as wire bytes, and where its body starts.
+fn upload(len: usize) -> (Vec<u8>, usize) {
+    let bytes = Delivery::new(vec![b'x'; len]).bytes();
+    let body_at = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    (bytes, body_at)
+}
+
+/// Whether the peer closed `s` (end of stream or reset) within `PATIENCE`; what it sent first is returned.
+async fn closed(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
+fn vm_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "[server]\nkeepalive_timeout_ms = 1000\n").await;
+    let mut conn = Conn::open(sidecar.addr).await;
+    assert_eq!(conn.send(&Delivery::json().bytes()).await.status, 200);
+    assert!(conn.is_closed().await, "the idle connection is still open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_trickled_past_the_header_timeout_is_closed() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "[server]\nheader_timeout_ms = 1000\n").await;
+    let mut s = TcpStream::connect(sidecar.addr).await.unwrap();
+    s.write_all(b"POST /webhooks HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // One byte of a header every 100 ms: each read is quick, the head never ends.
+    let (mut rd, mut wr) = s.into_split();
+    let trickle = tokio::spawn(async move {
+        for b in b"X-Slow: ".iter().chain([b'a'; 400].iter()).cycle().take(400) {
+            if wr.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut buf = [0u8; 64];
+    let end = tokio::time::timeout(PATIENCE, rd.read(&mut buf)).await;
+    assert!(matches!(end, Ok(Ok(0)) | Ok(Err(_))), "still open: {end:?}");
+    trickle.abort();
+    assert_eq!(app.count(), 0);
+    let m = metrics(&sidecar).await;
+    assert_eq!(
+        metric(&m, "pps_sidecar_connections_closed_total{reason=\"header_timeout\"}"),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickled_past_the_body_timeout_gets_408_and_the_app_is_not_contacted() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "[server]\nbody_timeout_ms = 1000\n").await;
+    let (bytes, body_at) = upload(400);
+    let mut s = TcpStream::connect(sidecar.addr).await.unwrap();
+    s.write_all(&bytes[..body_at]).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let body = bytes[body_at..].to_vec();
+    let trickle = tokio::spawn(async move {
+        for b in body {
+            if wr.write_all(&[b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, rd.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed after the answer")
+        .ok();
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(app.count(), 0);
+    let m = metrics(&sidecar).await;
+    assert_eq!(metric(&m, "pps_sidecar_requests_total{outcome=\"timeout\"}"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_past_the_memory_budget_get_503_and_the_held_bytes_stay_within_it() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "[server]\nmax_buffered_bytes = 200000\n").await;
+    let (bytes, body_at) = upload(90_000);
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(sidecar.addr).await.unwrap();
+        s.write_all(&bytes[..body_at + 10]).await.unwrap();
+        stalled.push(s);
+    }
+    eventually("both uploads hold their share", || async {
+        metric(&metrics(&sidecar).await, "pps_sidecar_buffered_bytes") == 180_000.0
+    })
+    .await;
+    let mut third = TcpStream::connect(sidecar.addr).await.unwrap();
+    third.write_all(&bytes[..body_at + 10]).await.unwrap();
+    let answer = closed(&mut third).await.expect("refused and closed");
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after:"), "{answer}");
+    let m = metrics(&sidecar).await;
+    assert!(metric(&m, "pps_sidecar_buffered_bytes") <= 200_000.0);
+    assert_eq!(metric(&m, "pps_sidecar_requests_total{outcome=\"overloaded\"}"), 1.0);
+
+    drop(stalled);
+    eventually("the shares are given back", || async {
+        metric(&metrics(&sidecar).await, "pps_sidecar_buffered_bytes") == 0.0
+    })
+    .await;
+    assert_eq!(sidecar.send(&Delivery::json()).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_growing_past_the_budget_gets_503() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "[server]\nmax_buffered_bytes = 100000\n").await;
+    let mut d = Delivery::new(vec![b'y'; 150_000]);
+    d.chunked = true;
+    let r = send(sidecar.addr, &d.bytes()).await;
+    assert_eq!(r.status, 503);
+    assert!(r.get("retry-after").is_some());
+    assert_eq!(app.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_stalled_one_megabyte_uploads_keeps_memory_far_below_the_pod_limit() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let baseline = vm_rss_bytes(sidecar.pid());
+    let (bytes, body_at) = upload(1_048_576);
+    let mut conns = Vec::new();
+    for _ in 0..80 {
+        let mut s = TcpStream::connect(sidecar.addr).await.unwrap();
+        // Up to 1,000,000 bytes of the body, then silence; refused ones are closed mid-write.
+        let _ = s.write_all(&bytes[..body_at + 1_000_000]).await;
+        conns.push(s);
+    }
+    // 32 declared mebibytes fill the default 32 MiB budget; the other 48 are refused.
+    eventually("the budget is full and the rest refused", || async {
+        let m = metrics(&sidecar).await;
+        metric(&m, "pps_sidecar_buffered_bytes") == 32.0 * 1_048_576.0
+            && metric(&m, "pps_sidecar_requests_total{outcome=\"overloaded\"}") == 48.0
+    })
+    .await;
+    let rss = vm_rss_bytes(sidecar.pid());
+    let m = metrics(&sidecar).await;
+    eprintln!(
+        "RSS {:.1} MiB (baseline {:.1} MiB), held {:.1} MiB, overloaded {}",
+        rss as f64 / 1048576.0,
+        baseline as f64 / 1048576.0,
+        metric(&m, "pps_sidecar_buffered_bytes") / 1048576.0,
+        metric(&m, "pps_sidecar_requests_total{outcome=\"overloaded\"}")
+    );
+    assert!(rss < 96 * 1024 * 1024, "RSS {rss} bytes under a 128 MiB pod limit");
+    let r = sidecar.send(&Delivery::json()).await;
+    assert_eq!(r.status, 503, "while the budget is full, a delivery is refused");
+    assert!(r.get("retry-after").is_some(), "and comes back");
+    drop(conns);
+    eventually("once the stalled uploads are gone, deliveries flow", || async {
+        sidecar.send(&Delivery::json()).await.status == 200
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_slow_connections_do_not_keep_a_valid_delivery_out() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut s = TcpStream::connect(sidecar.addr).await.unwrap();
+        s.write_all(b"POST /webhooks HTTP/1.1\r\nHost: x\r\nX-Pps-To").await.unwrap();
+        slow.push(s);
+    }
+    eventually("every slow connection is open", || async {
+        metric(&metrics(&sidecar).await, "pps_sidecar_open_connections") >= 300.0
+    })
+    .await;
+    assert_eq!(sidecar.send(&Delivery::json()).await.status, 200);
+    assert_eq!(app.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_are_closed_as_they_are_accepted() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "[server]\nmax_connections = 5\n").await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(TcpStream::connect(sidecar.addr).await.unwrap());
+    }
+    eventually("five connections are open", || async {
+        metric(&metrics(&sidecar).await, "pps_sidecar_open_connections") == 5.0
+    })
+    .await;
+    let mut sixth = TcpStream::connect(sidecar.addr).await.unwrap();
+    assert_eq!(closed(&mut sixth).await, Some(Vec::new()), "closed unanswered");
+    let m = metrics(&sidecar).await;
+    assert_eq!(
+        metric(&m, "pps_sidecar_connections_closed_total{reason=\"too_many_connections\"}"),
+        1.0
+    );
+    drop(held.pop());
+    let status = poll("a freed place serves a delivery", || async {
+        let mut s = TcpStream::connect(sidecar.addr).await.ok()?;
+        s.write_all(&Delivery::json().bytes()).await.ok()?;
+        let answer = closed_or_answered(&mut s).await;
+        std::str::from_utf8(answer.get(9..12)?).ok()?.parse::<u16>().ok()
+    })
+    .await;
+    assert_eq!(status, 200);
+}
+
+/// What the peer sent until it closed or a head ended.
+async fn closed_or_answered(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(PATIENCE, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    got
+}
