@@ -313,20 +313,22 @@ fn is_trusted(spelled: &str) -> bool {
     TRUSTED.iter().any(|t| t.eq_ignore_ascii_case(spelled))
 }
 
-/// Connection-scoped headers (RFC 9110, 7.6.1), by lowercase name, that never cross a proxy.
+/// Connection-scoped headers (RFC 9110, 7.6.1) that never cross a proxy, in either direction.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether a lowercase header name is hop-by-hop.
 fn is_hop_by_hop(lowercase: &str) -> bool {
-    matches!(
-        lowercase,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    HOP_BY_HOP.contains(&lowercase)
 }
 
 fn forwarded_headers(req: &mut RequestHeader, client_ip: Option<&str>) {
@@ -372,18 +374,7 @@ pub fn request_id(req: &RequestHeader) -> String {
 /// is re-framed on the way out. Names the app lists in its `Connection` header are dropped too, by the
 /// codec in `upstream`.
 pub fn is_response_hop_by_hop(name: &str) -> bool {
-    const NAMES: [&str; 9] = [
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-        "transfer-encoding",
-    ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+    HOP_BY_HOP.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]
