@@ -1,10 +1,12 @@
 //! The local store: done ids in a moka cache (LRU, fixed TTL), claims in flight in sharded maps beside it.
 //!
 //! moka rather than a table of our own: it bounds the ids, expires them and evicts the least recently used
-//! in batches off the hot path, and is maintained elsewhere. The price is memory: a remembered id costs
-//! MEASURED bytes of RSS (bench/dedup-mem), against 86 for the FIFO table this replaced, because moka
-//! allocates each entry apart (an `Arc` of the key, the value entry with its metadata, nodes in the LRU
-//! and write-order queues) on top of its hash table and frequency sketch.
+//! in batches, and is maintained elsewhere. The price is memory and CPU: a remembered id costs 296 bytes
+//! of RSS at 1,000,000 ids (316 at 100,000; `bench/dedup-mem`), against 86 for the FIFO table this
+//! replaced, because moka allocates each entry apart (an `Arc` of the key, the value entry with its
+//! metadata, nodes in the LRU and write-order queues) on top of its hash table. A claim + commit of a new
+//! id into a full store takes 2 to 3.3 us on one thread, against 0.5 to 0.9 us. Under a 128Mi pod limit,
+//! a `max_entries` of about 200,000 fits (bench/README.md).
 //!
 //! LRU, not moka's default TinyLFU: TinyLFU admits a new key only if it looks more popular than the one it
 //! would evict, and every id is new. A refused id would let its duplicate through; LRU admits every id and

@@ -43,10 +43,15 @@ fn key(buf: &mut String, i: u64) {
     .unwrap();
 }
 
-fn rss_kib() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4
+/// `VmRSS` or `VmHWM` (the peak) from /proc/self/status, in KiB.
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line[field.len() + 1..]
+        .trim()
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap()
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -62,10 +67,10 @@ async fn deliver(s: &MemoryStore, k: &str) {
     s.commit(k, t, 200).await;
 }
 
-/// Prints `ids rss_before_kib rss_after_kib entries`.
+/// Prints `ids rss_before_kib rss_after_kib entries peak_kib`.
 fn mem(n: u64) {
     let s = MemoryStore::new(n, DAY, Duration::from_secs(60));
-    let before = rss_kib();
+    let before = status_kib("VmRSS");
     rt().block_on(async {
         let mut buf = String::new();
         for i in 0..n {
@@ -74,7 +79,11 @@ fn mem(n: u64) {
         }
     });
     let entries = s.entries();
-    println!("{n} {before} {} {entries}", rss_kib());
+    println!(
+        "{n} {before} {} {entries} {}",
+        status_kib("VmRSS"),
+        status_kib("VmHWM")
+    );
 }
 
 /// Claims and commits `keys` on `threads` threads (each its own slice); returns the wall time.
@@ -102,8 +111,8 @@ fn run(s: &Arc<MemoryStore>, keys: &Arc<Vec<String>>, threads: usize) -> Duratio
 fn table() {
     println!("dedup store (pps_sidecar::dedup::memory::MemoryStore), mimalloc, capacity = ids");
     println!(
-        "{:>10} {:>12} {:>12} {:>10} {:>8}",
-        "ids", "rss0 KiB", "rss KiB", "entries", "B/id"
+        "{:>10} {:>12} {:>12} {:>12} {:>10} {:>8}",
+        "ids", "rss0 KiB", "rss KiB", "peak KiB", "entries", "B/id"
     );
     let exe = std::env::current_exe().unwrap();
     for n in [100_000u64, 1_000_000] {
@@ -118,8 +127,8 @@ fn table() {
             .collect();
         let per = (v[2] - v[1]) as f64 * 1024.0 / n as f64;
         println!(
-            "{:>10} {:>12} {:>12} {:>10} {:>8.0}",
-            v[0], v[1], v[2], v[3], per
+            "{:>10} {:>12} {:>12} {:>12} {:>10} {:>8.0}",
+            v[0], v[1], v[2], v[4], v[3], per
         );
     }
 
