@@ -1,0 +1,170 @@
+//! Bytes of RSS per remembered id and nanoseconds per claim + commit of `MemoryStore`.
+//!
+//! Each memory figure comes from a fresh process (this program run with `mem N`): RSS after N unique ids
+//! were claimed and committed into a store of capacity N, minus RSS with the empty store, over N. The ids
+//! look like the sidecar's keys (tenant, then a lowercase UUID), made on the fly so that they cost no memory.
+//! The timing fills a store of 1,000,000 ids first, then times fresh ids against the full store (every
+//! commit evicts one), on one thread and on two threads sharing the store.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pps_sidecar::dedup::memory::MemoryStore;
+use pps_sidecar::dedup::{DedupStore, StoreClaim};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const DAY: Duration = Duration::from_secs(86_400);
+const FULL: u64 = 1_000_000;
+const TIMED: u64 = 1_000_000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("mem") => mem(args[2].parse().expect("mem N")),
+        _ => table(),
+    }
+}
+
+fn key(buf: &mut String, i: u64) {
+    buf.clear();
+    let h = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    write!(
+        buf,
+        "OU1243:{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+        h >> 32,
+        (h >> 16) & 0xffff,
+        h & 0xfff,
+        i & 0xfff,
+        i
+    )
+    .unwrap();
+}
+
+/// `VmRSS` or `VmHWM` (the peak) from /proc/self/status, in KiB.
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line[field.len() + 1..]
+        .trim()
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+async fn deliver(s: &MemoryStore, k: &str) {
+    let StoreClaim::Acquired(t) = s.claim(k, Duration::ZERO).await else {
+        panic!("fresh id refused")
+    };
+    s.commit(k, t, 200).await;
+}
+
+/// Prints `ids rss_before_kib rss_after_kib entries peak_kib`.
+fn mem(n: u64) {
+    let s = MemoryStore::new(n, DAY, Duration::from_secs(60));
+    let before = status_kib("VmRSS");
+    rt().block_on(async {
+        let mut buf = String::new();
+        for i in 0..n {
+            key(&mut buf, i);
+            deliver(&s, &buf).await;
+        }
+    });
+    let entries = s.entries();
+    println!(
+        "{n} {before} {} {entries} {}",
+        status_kib("VmRSS"),
+        status_kib("VmHWM")
+    );
+}
+
+/// Claims and commits `keys` on `threads` threads (each its own slice); returns the wall time.
+fn run(s: &Arc<MemoryStore>, keys: &Arc<Vec<String>>, threads: usize) -> Duration {
+    let start = Instant::now();
+    let per = keys.len() / threads;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (s, keys) = (s.clone(), keys.clone());
+            std::thread::spawn(move || {
+                rt().block_on(async {
+                    for k in &keys[t * per..(t + 1) * per] {
+                        deliver(&s, k).await;
+                    }
+                })
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    start.elapsed()
+}
+
+fn table() {
+    println!("dedup store (pps_sidecar::dedup::memory::MemoryStore), mimalloc, capacity = ids");
+    println!(
+        "{:>10} {:>12} {:>12} {:>12} {:>10} {:>8}",
+        "ids", "rss0 KiB", "rss KiB", "peak KiB", "entries", "B/id"
+    );
+    let exe = std::env::current_exe().unwrap();
+    for n in [100_000u64, 1_000_000] {
+        let out = std::process::Command::new(&exe)
+            .args(["mem", &n.to_string()])
+            .output()
+            .unwrap();
+        let line = String::from_utf8(out.stdout).unwrap();
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        let per = (v[2] - v[1]) as f64 * 1024.0 / n as f64;
+        println!(
+            "{:>10} {:>12} {:>12} {:>12} {:>10} {:>8.0}",
+            v[0], v[1], v[2], v[4], v[3], per
+        );
+    }
+
+    let mut buf = String::new();
+    let mut make = |range: std::ops::Range<u64>| -> Arc<Vec<String>> {
+        Arc::new(
+            range
+                .map(|i| {
+                    key(&mut buf, i);
+                    buf.clone()
+                })
+                .collect(),
+        )
+    };
+    let s = Arc::new(MemoryStore::new(FULL, DAY, Duration::from_secs(60)));
+    let fill = run(&s, &make(0..FULL), 1);
+    println!();
+    println!("claim + commit of a fresh id, store of capacity {FULL}");
+    println!("{:<34} {:>10} {:>14}", "case", "ns/id", "ids/s");
+    let row = |name: &str, d: Duration, n: u64| {
+        println!(
+            "{name:<34} {:>10.0} {:>14.0}",
+            d.as_nanos() as f64 / n as f64,
+            n as f64 / d.as_secs_f64()
+        );
+    };
+    row("filling (1 thread, not yet full)", fill, FULL);
+    for round in 0..3 {
+        let base = FULL + round * 3 * TIMED;
+        let one = run(&s, &make(base..base + TIMED), 1);
+        row(&format!("full, 1 thread (round {})", round + 1), one, TIMED);
+        let two = run(&s, &make(base + TIMED..base + 3 * TIMED), 2);
+        row(
+            &format!("full, 2 threads (round {}, wall)", round + 1),
+            two,
+            2 * TIMED,
+        );
+    }
+}
