@@ -636,4 +636,39 @@ mod tests {
         assert!(!wire.contains("proxy-authorization"), "{wire}");
         assert!(wire.contains("x-pps-verified: hmac\r\n"), "{wire}");
     }
+
+    proptest::proptest! {
+        /// Whatever values a sender puts in the `X-Pps-*` headers, reading them never panics, and the head
+        /// written for the app is one well-formed head with one value per canonical header.
+        #[test]
+        fn any_header_values_give_a_well_formed_head_or_a_400(
+            values in proptest::collection::vec(proptest::collection::vec(0x20u8..=0xff, 0..40), 5),
+            subject in "\\PC{0,20}",
+        ) {
+            let names = ["x-pps-webhook-id", "x-pps-topic", "x-pps-tenant-id", "x-pps-sub-topic", "x-pps-triggered-at"];
+            let mut r = RequestHeader::build("POST", b"/webhooks", None).unwrap();
+            for (name, v) in names.iter().zip(&values) {
+                if let Ok(v) = http::HeaderValue::from_bytes(v) {
+                    r.append_header(*name, v).unwrap();
+                }
+            }
+            let Ok(d) = read_delivery(&r) else { return Ok(()) };
+            let verified = Verified::Jwt { subject, issuer: "i".into() };
+            let head = upstream_head(&r, &Forwarding {
+                delivery: &d,
+                verified: Some(&verified),
+                strip_credentials: None,
+                client_ip: None,
+                request_id: "rid",
+                body_len: 0,
+            });
+            let mut parsed = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut parsed);
+            proptest::prop_assert_eq!(req.parse(&head).unwrap(), httparse::Status::Complete(head.len()));
+            for name in ["x-pps-webhook-id", "x-pps-topic", "x-pps-verified"] {
+                let n = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).count();
+                proptest::prop_assert_eq!(n, 1, "{}", name);
+            }
+        }
+    }
 }
