@@ -68,7 +68,12 @@ pub async fn read_body(
     }
     continue_if_expected(session).await?;
     let limit = declared.map_or(max, |n| (n as usize).min(max));
-    let reading = read_within(session, limit, &mut held, server.max_buffered_bytes);
+    let reading = read_within(
+        session,
+        (limit, declared.is_some()),
+        &mut held,
+        server.max_buffered_bytes,
+    );
     match tokio::time::timeout(server.body_timeout, reading).await {
         Ok(bytes) => Ok(Body {
             bytes: bytes?,
@@ -78,15 +83,16 @@ pub async fn read_body(
     }
 }
 
-/// Reads the body, at most `limit` bytes (the declared length, or `max_body_bytes`).
+/// Reads the body, at most `limit` bytes (the declared length when `declared`, else `max_body_bytes`).
 async fn read_within(
     session: &mut Session,
-    limit: usize,
+    (limit, declared): (usize, bool),
     held: &mut Reservation,
     budget: usize,
 ) -> Result<Bytes, Reply> {
-    // Grown as data arrives, doubling but never past `limit`: a declared length is no reason to allocate
-    // before the bytes come, and the buffer never holds more than was reserved for it.
+    // Nothing is allocated before the first bytes come, and the buffer never holds more than was
+    // reserved for it. Growing a declared body by doubling left its outgrown buffers with the allocator:
+    // 32 stalled 1 MiB uploads cost 35 MiB above the 32 they held.
     let mut buf: Vec<u8> = Vec::new();
     while let Some(chunk) = session.read_request_body().await.map_err(|e| {
         log::debug!("request body failed: {}", e.etype().as_str());
@@ -100,7 +106,13 @@ async fn read_within(
             return Err(overloaded());
         }
         if len > buf.capacity() {
-            let target = len.max(buf.capacity() * 2).min(limit);
+            // The whole declared length at the first bytes (reserved in the budget already, and only
+            // touched pages count), doubling for a chunked body: never past `limit`.
+            let target = if declared {
+                limit
+            } else {
+                len.max(buf.capacity() * 2).min(limit)
+            };
             buf.reserve_exact(target - buf.len());
         }
         buf.extend_from_slice(&chunk);
