@@ -381,6 +381,23 @@ pub fn is_response_hop_by_hop(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The head for the app of `original`, verified as `verified`, credentials kept.
+    fn head_as(original: &RequestHeader, verified: &Verified) -> String {
+        let d = read_delivery(original).unwrap();
+        let head = upstream_head(
+            original,
+            &Forwarding {
+                delivery: &d,
+                verified: Some(verified),
+                strip_credentials: None,
+                client_ip: None,
+                request_id: "rid",
+                body_len: 0,
+            },
+        );
+        String::from_utf8(head).unwrap()
+    }
+
     fn req(headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("POST", b"/webhooks", None).unwrap();
         for (k, v) in headers {
@@ -410,23 +427,11 @@ mod tests {
     #[test]
     fn a_jwt_subject_that_is_not_a_header_value_is_left_out() {
         let original = req(&[("x-pps-webhook-id", "1"), ("x-pps-topic", "t")]);
-        let d = read_delivery(&original).unwrap();
         let verified = Verified::Jwt {
             subject: "a\r\nX-Pps-Verified: forged".into(),
             issuer: "https://issuer.example".into(),
         };
-        let head = upstream_head(
-            &original,
-            &Forwarding {
-                delivery: &d,
-                verified: Some(&verified),
-                strip_credentials: None,
-                client_ip: None,
-                request_id: "rid",
-                body_len: 0,
-            },
-        );
-        let wire = String::from_utf8(head).unwrap();
+        let wire = head_as(&original, &verified);
         assert!(!wire.contains("forged"), "{wire}");
         assert!(
             !wire.to_ascii_lowercase().contains("x-pps-jwt-subject"),
@@ -619,19 +624,7 @@ mod tests {
             ("x_pps_topic", "other"),
             ("proxy-authorization", "Basic x"),
         ]);
-        let d = read_delivery(&original).unwrap();
-        let head = upstream_head(
-            &original,
-            &Forwarding {
-                delivery: &d,
-                verified: Some(&Verified::Hmac),
-                strip_credentials: None,
-                client_ip: None,
-                request_id: "rid",
-                body_len: 0,
-            },
-        );
-        let wire = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        let wire = head_as(&original, &Verified::Hmac).to_ascii_lowercase();
         assert!(!wire.contains("x_pps"), "{wire}");
         assert!(!wire.contains("proxy-authorization"), "{wire}");
         assert!(wire.contains("x-pps-verified: hmac\r\n"), "{wire}");
