@@ -48,6 +48,8 @@ labelled! {
         Overloaded => "overloaded",
         /// The body did not arrive whole within `server.body_timeout_ms`: 408.
         Timeout => "timeout",
+        /// The app answered a 4xx, turned into 503 + Retry-After (`upstream.app_4xx = "retry"`).
+        Deferred => "deferred",
     }
 }
 

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::{Backend, LogFormat, Method, OtherPaths};
+pub use raw::{App4xx, Backend, LogFormat, Method, OtherPaths};
 pub use secrets::{Secret, fingerprint};
 pub use validate::check_fetch_url;
 
@@ -84,9 +84,21 @@ pub struct UpstreamConfig {
     /// How long an idle pooled connection to the app is kept. Below the app's own keep-alive timeout
     /// (Node's is 5 s) so that the sidecar rarely writes into a connection the app is closing.
     pub keepalive_timeout: Duration,
+    pub app_4xx: App4xx,
+    /// 4xx statuses relayed as they are even with `app_4xx = "retry"`.
+    pub app_4xx_final: Vec<u16>,
 }
 
 impl UpstreamConfig {
+    /// Whether the app's `status` is answered `503` + `Retry-After` instead of relayed, so that an event
+    /// the app refused by mistake (a 404 during a deploy, a 400 from a parsing bug) comes back.
+    pub fn defers(&self, status: u16) -> bool {
+        self.app_4xx == App4xx::Retry
+            && (400..500).contains(&status)
+            && status != 403
+            && !self.app_4xx_final.contains(&status)
+    }
+
     /// The deadlines these timeouts imply.
     pub fn deadlines(&self) -> Deadlines {
         Deadlines::new(self.connect_timeout, self.read_timeout)

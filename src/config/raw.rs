@@ -47,6 +47,17 @@ pub enum Method {
     Jwt,
 }
 
+/// `upstream.app_4xx`: what Pitchpoint is told when the app answers a 4xx other than 403.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum App4xx {
+    /// The app's answer as it is: Pitchpoint drops the event for good.
+    #[default]
+    Relay,
+    /// `503` + `Retry-After`: the event comes back.
+    Retry,
+}
+
 /// `dedup.backend`.
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -99,6 +110,8 @@ pub struct RawUpstream {
     pub connect_timeout_ms: u64,
     pub read_timeout_ms: u64,
     pub keepalive_timeout_ms: u64,
+    pub app_4xx: App4xx,
+    pub app_4xx_final: Vec<u16>,
 }
 
 impl Default for RawUpstream {
@@ -108,6 +121,8 @@ impl Default for RawUpstream {
             connect_timeout_ms: 2_000,
             read_timeout_ms: 30_000,
             keepalive_timeout_ms: 4_000,
+            app_4xx: App4xx::Relay,
+            app_4xx_final: Vec::new(),
         }
     }
 }

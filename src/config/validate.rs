@@ -158,12 +158,24 @@ impl Validator<'_> {
                 return Err(self.err(key, "must be between 1 and 3600000"));
             }
         }
+        if let Some(i) = raw
+            .app_4xx_final
+            .iter()
+            .position(|s| !(400..500).contains(s))
+        {
+            return Err(self.err(
+                format!("upstream.app_4xx_final[{i}]"),
+                "must be a 4xx status",
+            ));
+        }
         Ok(UpstreamConfig {
             address,
             socket_addr,
             connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
             read_timeout: Duration::from_millis(raw.read_timeout_ms),
             keepalive_timeout: Duration::from_millis(raw.keepalive_timeout_ms),
+            app_4xx: raw.app_4xx,
+            app_4xx_final: raw.app_4xx_final,
         })
     }
 

@@ -264,6 +264,14 @@ pub async fn forward(
                 (Some(guard), None) => guard.release().await,
                 (None, _) => {}
             }
+            if cfg.upstream.defers(status) {
+                // The answer is not relayed; its connection is closed with the exchange.
+                log::info!("app answered {status}: deferred as 503 (upstream.app_4xx = \"retry\")");
+                return Err(Reply::retry_later(
+                    Outcome::Deferred,
+                    "the app refused the delivery; retry later\n",
+                ));
+            }
             Ok(exchange)
         }
         Err(failure) => {

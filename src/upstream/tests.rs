@@ -17,6 +17,8 @@ fn config(addr: SocketAddr) -> UpstreamConfig {
         connect_timeout: Duration::from_secs(2),
         read_timeout: Duration::from_secs(5),
         keepalive_timeout: Duration::from_secs(60),
+        app_4xx: Default::default(),
+        app_4xx_final: Vec::new(),
     }
 }
 

@@ -1,0 +1,60 @@
+//! An app's own mistakes: with `upstream.app_4xx = "retry"` a 4xx the app answers by mistake does not make
+//! Pitchpoint drop the event for good.
+
+mod common;
+
+use common::*;
+
+async fn metrics(sidecar: &Sidecar) -> String {
+    sidecar.admin_get("/metrics").await.text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_retry_an_app_404_becomes_503_and_pitchpoints_retry_reaches_the_fixed_app() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "[upstream]\napp_4xx = \"retry\"\n").await;
+    app.set(Behaviour::Answer(404));
+    let d = Delivery::json();
+    let r = sidecar.send(&d).await;
+    assert_eq!(r.status, 503, "Pitchpoint retries a 5xx");
+    assert!(r.get("retry-after").is_some());
+    app.set(Behaviour::Answer(200));
+    let r = sidecar.send(&d).await;
+    assert_eq!(
+        r.status, 200,
+        "the retry is not a duplicate: the 404 released the claim"
+    );
+    assert_eq!(r.get("x-pps-duplicate"), None);
+    assert_eq!(app.count(), 2);
+    let m = metrics(&sidecar).await;
+    assert_eq!(
+        metric(&m, "pps_sidecar_requests_total{outcome=\"deferred\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "pps_sidecar_app_responses_total{class=\"4xx\"}"),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_and_listed_final_statuses_are_relayed_even_in_retry_mode() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(
+        &app,
+        "[upstream]\napp_4xx = \"retry\"\napp_4xx_final = [422]\n",
+    )
+    .await;
+    for status in [403u16, 422] {
+        app.set(Behaviour::Answer(status));
+        assert_eq!(sidecar.send(&Delivery::json()).await.status, status);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_an_app_4xx_is_relayed_as_it_is() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    app.set(Behaviour::Answer(404));
+    assert_eq!(sidecar.send(&Delivery::json()).await.status, 404);
+}
