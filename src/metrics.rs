@@ -130,6 +130,41 @@ impl Metrics {
     pub fn render(&self, dedup_entries: u64, buffered_bytes: u64) -> String {
         let mut out = String::with_capacity(4096);
         let w = &mut out;
+        self.render_counters(w);
+        self.upstream.render(
+            w,
+            (
+                "pps_sidecar_upstream_duration_seconds",
+                "histogram",
+                "Time from sending a delivery to the app to its response header.",
+            ),
+        );
+        self.request.render(
+            w,
+            (
+                "pps_sidecar_request_duration_seconds",
+                "histogram",
+                "Time from a request's head arriving to its answer, whatever the outcome.",
+            ),
+        );
+
+        self.render_gauges(w, dedup_entries, buffered_bytes);
+        labelled(
+            w,
+            (
+                "pps_sidecar_build_info",
+                "gauge",
+                "Version of the running binary.",
+            ),
+            "version",
+            [(env!("CARGO_PKG_VERSION"), 1)],
+        );
+        crate::process::render(w);
+        out
+    }
+
+    /// The counters, by label.
+    fn render_counters(&self, w: &mut String) {
         labelled(
             w,
             (
@@ -162,23 +197,47 @@ impl Metrics {
             std::array::from_fn::<_, 5, _>(|i| (classes[i], load(&self.app_responses[i]))),
         );
 
-        self.upstream.render(
+        labelled(
             w,
             (
-                "pps_sidecar_upstream_duration_seconds",
-                "histogram",
-                "Time from sending a delivery to the app to its response header.",
+                "pps_sidecar_connections_closed_total",
+                "counter",
+                "Client connections closed without an answer, by reason.",
             ),
+            "reason",
+            Closed::ALL.map(|c| (c.label(), load(&self.connections_closed[c.index()]))),
         );
-        self.request.render(
-            w,
+        for (meta, ok, failed) in [
             (
-                "pps_sidecar_request_duration_seconds",
-                "histogram",
-                "Time from a request's head arriving to its answer, whatever the outcome.",
+                (
+                    "pps_sidecar_config_reloads_total",
+                    "counter",
+                    "Configuration reloads by result.",
+                ),
+                &self.reloads_ok,
+                &self.reloads_failed,
             ),
-        );
+            (
+                (
+                    "pps_sidecar_jwks_refresh_total",
+                    "counter",
+                    "JWKS fetches by result.",
+                ),
+                &self.jwks_ok,
+                &self.jwks_failed,
+            ),
+        ] {
+            labelled(
+                w,
+                meta,
+                "result",
+                [("success", load(ok)), ("failure", load(failed))],
+            );
+        }
+    }
 
+    /// The gauges, and the counters without a label.
+    fn render_gauges(&self, w: &mut String, dedup_entries: u64, buffered_bytes: u64) {
         for (meta, value) in [
             (
                 (
@@ -224,55 +283,6 @@ impl Metrics {
             header(w, meta);
             let _ = writeln!(w, "{} {value}", meta.0);
         }
-        for (meta, ok, failed) in [
-            (
-                (
-                    "pps_sidecar_config_reloads_total",
-                    "counter",
-                    "Configuration reloads by result.",
-                ),
-                &self.reloads_ok,
-                &self.reloads_failed,
-            ),
-            (
-                (
-                    "pps_sidecar_jwks_refresh_total",
-                    "counter",
-                    "JWKS fetches by result.",
-                ),
-                &self.jwks_ok,
-                &self.jwks_failed,
-            ),
-        ] {
-            labelled(
-                w,
-                meta,
-                "result",
-                [("success", load(ok)), ("failure", load(failed))],
-            );
-        }
-        labelled(
-            w,
-            (
-                "pps_sidecar_connections_closed_total",
-                "counter",
-                "Client connections closed without an answer, by reason.",
-            ),
-            "reason",
-            Closed::ALL.map(|c| (c.label(), load(&self.connections_closed[c.index()]))),
-        );
-        labelled(
-            w,
-            (
-                "pps_sidecar_build_info",
-                "gauge",
-                "Version of the running binary.",
-            ),
-            "version",
-            [(env!("CARGO_PKG_VERSION"), 1)],
-        );
-        crate::process::render(w);
-        out
     }
 }
 

@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
+use pingora::proxy::HttpProxy;
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
@@ -19,15 +21,7 @@ use crate::state::Shared;
 /// Runs until SIGTERM/SIGINT; never returns. Exits 1 at once when a listener cannot be bound: Pingora
 /// would keep retrying while the pod looks alive.
 pub fn run(config: Config) -> ! {
-    for (key, addr) in [
-        ("server.listen", config.server.listen),
-        ("server.admin_listen", config.server.admin_listen),
-    ] {
-        if let Err(e) = std::net::TcpListener::bind(addr) {
-            log::error!("cannot listen on {addr} ({key}): {e}");
-            std::process::exit(1);
-        }
-    }
+    check_listeners(&config);
     let conf = ServerConf {
         threads: config.server.threads,
         // SIGTERM: Pingora stops accepting, then waits this long; `exit_when_drained` ends the wait as
@@ -39,6 +33,53 @@ pub fn run(config: Config) -> ! {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let admin_listen = config.server.admin_listen.to_string();
+    log::info!(
+        "pps-sidecar {} listening on {} (admin {admin_listen}), app at {}",
+        env!("CARGO_PKG_VERSION"),
+        config.server.listen,
+        config.upstream.address
+    );
+    let dedup = dedup(&config);
+    let shared = Arc::new(Shared::new(config, dedup));
+
+    let webhooks = webhook_service(&server, &shared);
+    let mut admin = Service::new(
+        "admin".to_string(),
+        Admin {
+            shared: shared.clone(),
+        },
+    );
+    admin.add_tcp(&admin_listen);
+    admin.threads = Some(1);
+    let reloader = Reloader {
+        shared: shared.clone(),
+    };
+    let jwks = JwksRefresher { shared };
+
+    server.add_service(webhooks);
+    server.add_service(admin);
+    server.add_service(background_service("reload", reloader));
+    server.add_service(background_service("jwks", jwks));
+    lifecycle::exit_when_drained(server.watch_execution_phase());
+    server.run_forever()
+}
+
+/// Both addresses can be bound now, or the process ends with the reason.
+fn check_listeners(config: &Config) {
+    for (key, addr) in [
+        ("server.listen", config.server.listen),
+        ("server.admin_listen", config.server.admin_listen),
+    ] {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            log::error!("cannot listen on {addr} ({key}): {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The dedup store the configuration names, its claims sized by `config::Deadlines`.
+fn dedup(config: &Config) -> Dedup {
     let in_flight_ttl = config.upstream.deadlines().claim;
     let d = &config.dedup;
     let local = MemoryStore::new(d.max_entries, d.ttl, in_flight_ttl);
@@ -56,60 +97,27 @@ pub fn run(config: Config) -> ! {
         ),
         _ => Arc::new(local),
     };
-    let dedup = Dedup::new(store, config.dedup.in_flight_wait);
+    Dedup::new(store, d.in_flight_wait)
+}
 
-    let listen = config.server.listen.to_string();
-    let admin_listen = config.server.admin_listen.to_string();
-    log::info!(
-        "pps-sidecar {} listening on {listen} (admin {admin_listen}), app at {}",
-        env!("CARGO_PKG_VERSION"),
-        config.upstream.address
-    );
-    let shared = Arc::new(Shared::new(config, dedup));
-
+/// The webhook listener: the proxy inside the limits of `limits::Listener`.
+fn webhook_service(server: &Server, shared: &Arc<Shared>) -> Service<Listener<HttpProxy<Sidecar>>> {
     let proxy = pingora::proxy::http_proxy(
         &server.configuration,
         Sidecar {
             shared: shared.clone(),
         },
     );
-    let server_cfg = &shared.live().config.server;
+    let live = shared.live();
+    let cfg = &live.config.server;
     let timeouts = ConnectionTimeouts {
-        header: server_cfg.header_timeout,
-        keepalive: server_cfg.keepalive_timeout,
+        header: cfg.header_timeout,
+        keepalive: cfg.keepalive_timeout,
     };
-    let mut proxy = Service::new(
+    let mut service = Service::new(
         "webhooks".to_string(),
-        Listener::new(proxy, server_cfg.max_connections, timeouts),
+        Listener::new(proxy, cfg.max_connections, timeouts),
     );
-    proxy.add_tcp(&listen);
-
-    let mut admin = Service::new(
-        "admin".to_string(),
-        Admin {
-            shared: shared.clone(),
-        },
-    );
-    admin.add_tcp(&admin_listen);
-    admin.threads = Some(1);
-
-    let reloader = pingora::services::background::background_service(
-        "reload",
-        Reloader {
-            shared: shared.clone(),
-        },
-    );
-
-    server.add_service(proxy);
-    server.add_service(admin);
-    let jwks = pingora::services::background::background_service(
-        "jwks",
-        JwksRefresher {
-            shared: shared.clone(),
-        },
-    );
-    server.add_service(reloader);
-    server.add_service(jwks);
-    lifecycle::exit_when_drained(server.watch_execution_phase());
-    server.run_forever()
+    service.add_tcp(&cfg.listen.to_string());
+    service
 }
