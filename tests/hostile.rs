@@ -224,3 +224,21 @@ async fn a_duplicate_of_a_204_is_a_bodiless_204() {
     assert!(next.starts_with("http/1.1 204"), "{next}");
     assert_eq!(app.count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_of_the_apps_answer_never_reach_the_sender() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "[webhooks]\nother_paths = \"forward\"\n").await;
+    app.set(Behaviour::Raw {
+        answer: b"HTTP/1.1 200 OK\r\nConnection: X-App-Hop\r\nX-App-Hop: 1\r\nProxy-Authenticate: Basic\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok",
+        close: false,
+    });
+    let pass_through = send(sidecar.addr, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let delivery = sidecar.send(&Delivery::json()).await;
+    for r in [pass_through, delivery] {
+        assert_eq!(r.status, 200);
+        assert_eq!(r.get("x-kept"), Some("yes"));
+        assert_eq!(r.get("x-app-hop"), None, "named in the app's Connection");
+        assert_eq!(r.get("proxy-authenticate"), None);
+    }
+}
