@@ -58,18 +58,11 @@ async fn a_head_trickled_past_the_header_timeout_is_closed() {
     let app = TestApp::start().await;
     let sidecar = Sidecar::start(&app, "[server]\nheader_timeout_ms = 1000\n").await;
     let mut s = TcpStream::connect(sidecar.addr).await.unwrap();
-    s.write_all(b"POST /webhooks HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
+    s.write_all(b"POST /webhooks HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     // One byte of a header every 100 ms: each read is quick, the head never ends.
     let (mut rd, mut wr) = s.into_split();
     let trickle = tokio::spawn(async move {
-        for b in b"X-Slow: "
-            .iter()
-            .chain([b'a'; 400].iter())
-            .cycle()
-            .take(400)
-        {
+        for b in b"X-Slow: ".iter().chain([b'a'; 400].iter()).cycle().take(400) {
             if wr.write_all(&[*b]).await.is_err() {
                 return;
             }
@@ -83,10 +76,7 @@ async fn a_head_trickled_past_the_header_timeout_is_closed() {
     assert_eq!(app.count(), 0);
     let m = metrics(&sidecar).await;
     assert_eq!(
-        metric(
-            &m,
-            "pps_sidecar_connections_closed_total{reason=\"header_timeout\"}"
-        ),
+        metric(&m, "pps_sidecar_connections_closed_total{reason=\"header_timeout\"}"),
         1.0
     );
 }
@@ -118,10 +108,7 @@ async fn a_body_trickled_past_the_body_timeout_gets_408_and_the_app_is_not_conta
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(app.count(), 0);
     let m = metrics(&sidecar).await;
-    assert_eq!(
-        metric(&m, "pps_sidecar_requests_total{outcome=\"timeout\"}"),
-        1.0
-    );
+    assert_eq!(metric(&m, "pps_sidecar_requests_total{outcome=\"timeout\"}"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,10 +134,7 @@ async fn stalled_uploads_past_the_memory_budget_get_503_and_the_held_bytes_stay_
     assert!(answer.contains("retry-after:"), "{answer}");
     let m = metrics(&sidecar).await;
     assert!(metric(&m, "pps_sidecar_buffered_bytes") <= 200_000.0);
-    assert_eq!(
-        metric(&m, "pps_sidecar_requests_total{outcome=\"overloaded\"}"),
-        1.0
-    );
+    assert_eq!(metric(&m, "pps_sidecar_requests_total{outcome=\"overloaded\"}"), 1.0);
 
     drop(stalled);
     eventually("the shares are given back", || async {
@@ -201,21 +185,14 @@ async fn a_flood_of_stalled_one_megabyte_uploads_keeps_memory_far_below_the_pod_
         metric(&m, "pps_sidecar_buffered_bytes") / 1048576.0,
         metric(&m, "pps_sidecar_requests_total{outcome=\"overloaded\"}")
     );
-    assert!(
-        rss < 96 * 1024 * 1024,
-        "RSS {rss} bytes under a 128 MiB pod limit"
-    );
+    assert!(rss < 96 * 1024 * 1024, "RSS {rss} bytes under a 128 MiB pod limit");
     let r = sidecar.send(&Delivery::json()).await;
-    assert_eq!(
-        r.status, 503,
-        "while the budget is full, a delivery is refused"
-    );
+    assert_eq!(r.status, 503, "while the budget is full, a delivery is refused");
     assert!(r.get("retry-after").is_some(), "and comes back");
     drop(conns);
-    eventually(
-        "once the stalled uploads are gone, deliveries flow",
-        || async { sidecar.send(&Delivery::json()).await.status == 200 },
-    )
+    eventually("once the stalled uploads are gone, deliveries flow", || async {
+        sidecar.send(&Delivery::json()).await.status == 200
+    })
     .await;
 }
 
@@ -226,9 +203,7 @@ async fn hundreds_of_slow_connections_do_not_keep_a_valid_delivery_out() {
     let mut slow = Vec::new();
     for _ in 0..300 {
         let mut s = TcpStream::connect(sidecar.addr).await.unwrap();
-        s.write_all(b"POST /webhooks HTTP/1.1\r\nHost: x\r\nX-Pps-To")
-            .await
-            .unwrap();
+        s.write_all(b"POST /webhooks HTTP/1.1\r\nHost: x\r\nX-Pps-To").await.unwrap();
         slow.push(s);
     }
     eventually("every slow connection is open", || async {
@@ -252,17 +227,10 @@ async fn connections_past_max_connections_are_closed_as_they_are_accepted() {
     })
     .await;
     let mut sixth = TcpStream::connect(sidecar.addr).await.unwrap();
-    assert_eq!(
-        closed(&mut sixth).await,
-        Some(Vec::new()),
-        "closed unanswered"
-    );
+    assert_eq!(closed(&mut sixth).await, Some(Vec::new()), "closed unanswered");
     let m = metrics(&sidecar).await;
     assert_eq!(
-        metric(
-            &m,
-            "pps_sidecar_connections_closed_total{reason=\"too_many_connections\"}"
-        ),
+        metric(&m, "pps_sidecar_connections_closed_total{reason=\"too_many_connections\"}"),
         1.0
     );
     drop(held.pop());
@@ -270,10 +238,7 @@ async fn connections_past_max_connections_are_closed_as_they_are_accepted() {
         let mut s = TcpStream::connect(sidecar.addr).await.ok()?;
         s.write_all(&Delivery::json().bytes()).await.ok()?;
         let answer = closed_or_answered(&mut s).await;
-        std::str::from_utf8(answer.get(9..12)?)
-            .ok()?
-            .parse::<u16>()
-            .ok()
+        std::str::from_utf8(answer.get(9..12)?).ok()?.parse::<u16>().ok()
     })
     .await;
     assert_eq!(status, 200);
