@@ -120,6 +120,12 @@ fn restart_needed(old: &Config, new: &Config, startup: Deadlines) -> Vec<&'stati
     if a.ttl != b.ttl || a.max_entries != b.max_entries || a.backend != b.backend {
         out.push("dedup.ttl_seconds, max_entries or backend");
     }
+    if a.redis_url != b.redis_url || a.redis_prefix != b.redis_prefix {
+        out.push("dedup.redis_url or redis_prefix");
+    }
+    if a.redis_timeout != b.redis_timeout || a.in_flight_wait != b.in_flight_wait {
+        out.push("dedup.redis_timeout_ms or in_flight_wait_ms");
+    }
     out
 }
 
@@ -180,4 +186,47 @@ pub fn exit_when_drained(mut phases: tokio::sync::broadcast::Receiver<ExecutionP
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(dedup: &str) -> Config {
+        let text = format!(
+            "[upstream]\naddress = \"127.0.0.1:8080\"\n\n[auth.hmac]\nsecrets = [{{ value = \"s\" }}]\n\n[dedup]\nbackend = \"redis\"\n{dedup}"
+        );
+        Config::parse(&text, Path::new("test.toml")).unwrap()
+    }
+
+    #[test]
+    fn redis_settings_changed_by_a_reload_are_named_as_needing_a_restart() {
+        let base = "redis_url = \"redis://127.0.0.1:6379\"\nredis_prefix = \"a:\"\n";
+        let old = config(base);
+        let startup = old.upstream.deadlines();
+        assert!(restart_needed(&old, &config(base), startup).is_empty());
+        for (change, named) in [
+            (
+                base.replace("6379", "6380"),
+                "dedup.redis_url or redis_prefix",
+            ),
+            (base.replace("a:", "b:"), "dedup.redis_url or redis_prefix"),
+            (
+                format!("{base}redis_timeout_ms = 99\n"),
+                "dedup.redis_timeout_ms or in_flight_wait_ms",
+            ),
+            (
+                format!("{base}in_flight_wait_ms = 99\n"),
+                "dedup.redis_timeout_ms or in_flight_wait_ms",
+            ),
+        ] {
+            assert_eq!(
+                restart_needed(&old, &config(&change), startup),
+                vec![named],
+                "{change}"
+            );
+        }
+    }
 }

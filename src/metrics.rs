@@ -30,6 +30,10 @@ pub struct Metrics {
     jwks_ok: AtomicU64,
     jwks_failed: AtomicU64,
     dedup_errors: AtomicU64,
+    replays_ok: AtomicU64,
+    replays_failed: AtomicU64,
+    commits_dropped: AtomicU64,
+    commits_pending: AtomicI64,
     in_flight: AtomicI64,
     connections_closed: [AtomicU64; Closed::ALL.len()],
     open_connections: AtomicI64,
@@ -55,6 +59,10 @@ impl Metrics {
             jwks_ok: AtomicU64::new(0),
             jwks_failed: AtomicU64::new(0),
             dedup_errors: AtomicU64::new(0),
+            replays_ok: AtomicU64::new(0),
+            replays_failed: AtomicU64::new(0),
+            commits_dropped: AtomicU64::new(0),
+            commits_pending: AtomicI64::new(0),
             in_flight: AtomicI64::new(0),
             connections_closed: [const { AtomicU64::new(0) }; Closed::ALL.len()],
             open_connections: AtomicI64::new(0),
@@ -104,6 +112,25 @@ impl Metrics {
 
     pub fn dedup_error(&self) {
         self.dedup_errors.fetch_add(1, Relaxed);
+    }
+
+    /// A commit that failed to reach Redis was written there later (`Success`), or failed again.
+    pub fn commit_replay(&self, r: Result) {
+        match r {
+            Result::Success => &self.replays_ok,
+            Result::Failure => &self.replays_failed,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    /// A commit waiting for Redis was given up: the queue was full, or its TTL passed.
+    pub fn commit_dropped(&self) {
+        self.commits_dropped.fetch_add(1, Relaxed);
+    }
+
+    /// Commits waiting for Redis to come back, now.
+    pub fn commits_pending(&self, n: usize) {
+        self.commits_pending.store(n as i64, Relaxed);
     }
 
     /// Counts a delivery in progress until the guard drops; graceful shutdown waits for zero.
@@ -226,6 +253,15 @@ impl Metrics {
                 &self.jwks_ok,
                 &self.jwks_failed,
             ),
+            (
+                (
+                    "pps_sidecar_dedup_commit_replays_total",
+                    "counter",
+                    "Replays of commits that failed to reach Redis, by result.",
+                ),
+                &self.replays_ok,
+                &self.replays_failed,
+            ),
         ] {
             labelled(
                 w,
@@ -254,6 +290,22 @@ impl Metrics {
                     "Dedup store operations that failed and fell back to the local cache.",
                 ),
                 load(&self.dedup_errors) as i64,
+            ),
+            (
+                (
+                    "pps_sidecar_dedup_commits_pending",
+                    "gauge",
+                    "Acknowledged events not yet recorded in Redis (it was unreachable); replayed when it is back.",
+                ),
+                self.commits_pending.load(Relaxed),
+            ),
+            (
+                (
+                    "pps_sidecar_dedup_commits_dropped_total",
+                    "counter",
+                    "Acknowledged events never recorded in Redis: the replay queue was full, or their TTL passed.",
+                ),
+                load(&self.commits_dropped) as i64,
             ),
             (
                 (

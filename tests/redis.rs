@@ -2,61 +2,7 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct TestRedis {
-    port: u16,
-    // Held for their drop; the process first: it is stopped before its log's folder goes.
-    _proc: Proc,
-    _dir: tempfile::TempDir,
-}
-
-impl TestRedis {
-    async fn start(port: u16) -> TestRedis {
-        // redis-server is required for these tests (.ci/deps installs it).
-        let dir = tempfile::tempdir().unwrap();
-        let proc = Proc::spawn(
-            "redis-server",
-            Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .current_dir(dir.path()),
-            dir.path(),
-        );
-        let r = TestRedis {
-            port,
-            _proc: proc,
-            _dir: dir,
-        };
-        eventually("redis-server answers PING", || r.pong()).await;
-        r
-    }
-
-    async fn pong(&self) -> bool {
-        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
-            return false;
-        };
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").await.is_ok()
-            && s.read_exact(&mut buf).await.is_ok()
-            && &buf == b"+PONG\r\n"
-    }
-
-    /// Stops the server (dropping it kills it and waits) and returns its port, to start it again there.
-    fn stop(self) -> u16 {
-        self.port
-    }
-
-    fn toml(&self) -> String {
-        format!(
-            "[dedup]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}/\"\nredis_prefix = \"test-app:\"\nin_flight_wait_ms = 5000\n",
-            self.port
-        )
-    }
-}
 
 async fn replicas(app: &TestApp, redis: &TestRedis) -> (Sidecar, Sidecar) {
     (

@@ -1,15 +1,24 @@
 //! The shared store: Redis, so that every replica of a Deployment sees the same claims.
 //!
-//! A key holds `f:<token>` while in flight (`SET NX PX`, expiring after the in-flight TTL so that a crashed
+//! A key holds `f:<replica>:<token>` while in flight (expiring after the in-flight TTL so that a crashed
 //! replica cannot block an event for long) and `d:<status>` once the app acknowledged it. Release deletes
-//! the key only if it still holds the caller's own token (compare-and-delete in Lua).
+//! the key only if it still holds the caller's own claim (compare-and-delete in Lua).
+//!
+//! A claim is taken on this replica's local store first, then in Redis. The local claim is what keeps two
+//! copies from running at once on one replica whatever Redis does: a copy that arrives while Redis stalls
+//! waits for the local claim instead of falling back past it. The Redis claim is one script that sets the
+//! key or returns what it holds, in one round trip (a Lua script rather than `SET NX GET`, which needs
+//! Redis 7): an existing key is never taken for an absent one because a second read failed.
 //!
 //! Redis is an optimisation of the contract, never a condition for deliveries: when it is slow or down,
-//! each operation falls back to the local in-memory store after a short timeout, and Redis is left alone for a
-//! moment before the next try. The local store also remembers every done key, so a replica answers its own
-//! duplicates without a round trip.
+//! each operation falls back to the local store after a short timeout, and Redis is left alone for a
+//! moment before the next try. A commit that could not reach Redis is queued (bounded, oldest dropped) and
+//! replayed once Redis answers again, so another replica does not forward the duplicate for the rest of the
+//! TTL. The local store also remembers every done key, so a replica answers its own duplicates without a
+//! round trip.
 
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -18,33 +27,75 @@ use tokio::sync::OnceCell;
 
 use super::memory::MemoryStore;
 use super::{DedupStore, StoreClaim};
-use crate::metrics::METRICS;
+use crate::metrics::{self, METRICS};
 
-/// Tokens of Redis claims have this bit set; the local store's never do.
-const REDIS_TOKEN: u64 = 1 << 63;
 /// After a failure, Redis is not asked again for this long: deliveries do not each pay the timeout.
 const BACKOFF: Duration = Duration::from_secs(1);
 /// How often a duplicate polls the state of a claim held by another replica.
 const POLL: Duration = Duration::from_millis(20);
+/// Commits waiting for Redis to come back, at most: about 100 bytes each.
+const MAX_PENDING: usize = 10_000;
 
 const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+/// Claims the key and returns nil, or returns what the key holds: `SET NX GET` for any Redis version.
+const CLAIM: &str = r"local v = redis.call('GET', KEYS[1]) if v then return v end redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return false";
 
 pub struct RedisStore {
+    remote: Arc<Remote>,
+    local: MemoryStore,
+    /// Names this replica's claims in Redis: local tokens are only unique within one process.
+    replica: u64,
+    in_flight_ttl: Duration,
+}
+
+/// What the process shares with the task that replays commits.
+struct Remote {
     client: redis::Client,
     conn: OnceCell<ConnectionManager>,
     prefix: String,
     timeout: Duration,
     ttl: Duration,
-    in_flight_ttl: Duration,
-    local: MemoryStore,
+    claim: redis::Script,
     release: redis::Script,
     health: Mutex<Health>,
+    pending: Mutex<Pending>,
 }
 
 #[derive(Default)]
 struct Health {
     down_since: Option<Instant>,
     retry_at: Option<Instant>,
+}
+
+/// Commits that failed to reach Redis, oldest first.
+#[derive(Default)]
+struct Pending {
+    queue: VecDeque<Commit>,
+    /// Whether a task is replaying the queue.
+    replaying: bool,
+    next_seq: u64,
+}
+
+#[derive(Clone)]
+struct Commit {
+    seq: u64,
+    rkey: String,
+    status: u16,
+    at: Instant,
+}
+
+/// A key's value in Redis.
+enum Held {
+    Done(u16),
+    InFlight,
+}
+
+fn parse(value: &str) -> Held {
+    match value.strip_prefix("d:").and_then(|s| s.parse().ok()) {
+        Some(status) => Held::Done(status),
+        // An in-flight claim, or a value this version does not know: never taken for done.
+        None => Held::InFlight,
+    }
 }
 
 impl RedisStore {
@@ -57,26 +108,145 @@ impl RedisStore {
         in_flight_ttl: Duration,
         local: MemoryStore,
     ) -> redis::RedisResult<Self> {
-        Ok(Self {
+        let remote = Remote {
             client: redis::Client::open(url)?,
             conn: OnceCell::new(),
             prefix: prefix.to_string(),
             timeout,
             ttl,
-            in_flight_ttl,
-            local,
+            claim: redis::Script::new(CLAIM),
             release: redis::Script::new(RELEASE),
             health: Mutex::new(Health::default()),
+            pending: Mutex::new(Pending::default()),
+        };
+        Ok(Self {
+            remote: Arc::new(remote),
+            local,
+            replica: uuid::Uuid::new_v4().as_u64_pair().0,
+            in_flight_ttl,
         })
     }
 
+    fn claim_value(&self, token: u64) -> String {
+        format!("f:{:x}:{token}", self.replica)
+    }
+
+    /// Waits for another replica's claim to settle, polling; `None` when Redis failed meanwhile.
+    async fn wait_shared(&self, rkey: &str, wait: Duration) -> Option<StoreClaim> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.remote.get(rkey).await? {
+                Some(v) => match parse(&v) {
+                    Held::Done(status) => return Some(StoreClaim::Duplicate(status)),
+                    Held::InFlight if Instant::now() >= deadline => return Some(StoreClaim::Busy),
+                    Held::InFlight => tokio::time::sleep(POLL).await,
+                },
+                // Released (the app failed) or expired: never a 2xx, never a second copy now.
+                None => return Some(StoreClaim::Busy),
+            }
+        }
+    }
+
+    /// Settles this replica's claim as the shared store answered for another replica's copy.
+    async fn settle_local(&self, key: &str, token: u64, claim: StoreClaim) -> StoreClaim {
+        match claim {
+            StoreClaim::Duplicate(status) => self.local.commit(key, token, status).await,
+            _ => self.local.release(key, token).await,
+        }
+        claim
+    }
+
+    /// One line for `/readyz`.
+    pub fn status(&self) -> String {
+        let h = self.remote.health.lock().unwrap_or_else(|e| e.into_inner());
+        match h.down_since {
+            None => "dedup: redis ok".into(),
+            Some(t) => format!(
+                "dedup: redis unreachable for {:.0} s, using the local cache (deliveries flow, duplicates across replicas may reach the app)",
+                t.elapsed().as_secs_f64()
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl DedupStore for RedisStore {
+    async fn claim(&self, key: &str, wait: Duration) -> StoreClaim {
+        // Local first: copies on this replica wait for each other whether Redis answers or not.
+        let token = match self.local.claim(key, wait).await {
+            StoreClaim::Acquired(token) => token,
+            other => return other,
+        };
+        let rkey = self.remote.key(key);
+        let ttl_ms = self.in_flight_ttl.as_millis() as u64;
+        match self
+            .remote
+            .claim(&rkey, &self.claim_value(token), ttl_ms)
+            .await
+        {
+            // Claimed in Redis, or Redis is unreachable: forwarded on the local claim alone.
+            Some(None) | None => StoreClaim::Acquired(token),
+            Some(Some(v)) => {
+                let shared = match parse(&v) {
+                    Held::Done(status) => StoreClaim::Duplicate(status),
+                    // Redis failing while another replica holds the claim: not ours to take.
+                    Held::InFlight => self
+                        .wait_shared(&rkey, wait)
+                        .await
+                        .unwrap_or(StoreClaim::Busy),
+                };
+                self.settle_local(key, token, shared).await
+            }
+        }
+    }
+
+    async fn commit(&self, key: &str, token: u64, status: u16) {
+        // Remembered locally in any case: this replica answers its own duplicates, Redis or not.
+        self.local.commit(key, token, status).await;
+        let rkey = self.remote.key(key);
+        if self
+            .remote
+            .set_done(&rkey, status, self.remote.ttl)
+            .await
+            .is_none()
+        {
+            Remote::queue(&self.remote, rkey, status);
+        }
+    }
+
+    async fn release(&self, key: &str, token: u64) {
+        self.local.release(key, token).await;
+        // Tried even if the claim fell back: a claim sent as Redis stalled may have landed late. On
+        // failure the claim expires with its in-flight TTL.
+        let rkey = self.remote.key(key);
+        let value = self.claim_value(token);
+        let script = &self.remote.release;
+        let _: Option<i64> = self
+            .remote
+            .run("release", |mut c| async move {
+                script.key(rkey).arg(value).invoke_async(&mut c).await
+            })
+            .await;
+    }
+
+    fn entries(&self) -> u64 {
+        self.local.entries()
+    }
+
+    fn status(&self) -> Option<String> {
+        Some(RedisStore::status(self))
+    }
+}
+
+impl Remote {
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
 
-    fn available(&self) -> bool {
+    /// When Redis may be asked again; `None` if now.
+    fn retry_at(&self) -> Option<Instant> {
         let h = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        h.retry_at.is_none_or(|t| Instant::now() >= t)
+        h.retry_at.filter(|t| Instant::now() < *t)
     }
 
     fn failed(&self, what: &str, e: &str) {
@@ -117,13 +287,13 @@ impl RedisStore {
             .map_err(|e| e.to_string())
     }
 
-    /// Runs one Redis operation within the timeout.
+    /// Runs one Redis operation within the timeout; `None` if it failed or Redis is left alone for now.
     async fn run<T, F, Fut>(&self, what: &str, op: F) -> Option<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        if !self.available() {
+        if self.retry_at().is_some() {
             return None;
         }
         let conn = match self.conn().await {
@@ -149,121 +319,101 @@ impl RedisStore {
         }
     }
 
-    async fn get(&self, rkey: &str) -> Option<Option<String>> {
-        self.run("GET", |mut c| {
-            let rkey = rkey.to_string();
-            async move { redis::cmd("GET").arg(rkey).query_async(&mut c).await }
+    /// Claims `rkey` with `value`: `Some(None)` if claimed, `Some(Some(held))` if the key holds `held`.
+    async fn claim(&self, rkey: &str, value: &str, ttl_ms: u64) -> Option<Option<String>> {
+        let script = &self.claim;
+        self.run("claim", |mut c| async move {
+            script
+                .key(rkey)
+                .arg(value)
+                .arg(ttl_ms)
+                .invoke_async(&mut c)
+                .await
         })
         .await
     }
 
-    /// Waits for another replica's claim to settle, polling; `None` when Redis failed meanwhile.
-    async fn wait_shared(&self, rkey: &str, wait: Duration) -> Option<StoreClaim> {
-        let deadline = Instant::now() + wait;
-        loop {
-            match self.get(rkey).await? {
-                Some(v) if v.starts_with("d:") => {
-                    return Some(match v[2..].parse() {
-                        Ok(status) => StoreClaim::Duplicate(status),
-                        Err(_) => StoreClaim::Busy,
-                    });
-                }
-                // Released (the app failed) or expired: never a 2xx, never a second copy now.
-                None => return Some(StoreClaim::Busy),
-                Some(_) if Instant::now() >= deadline => return Some(StoreClaim::Busy),
-                Some(_) => tokio::time::sleep(POLL).await,
+    async fn get(&self, rkey: &str) -> Option<Option<String>> {
+        self.run("GET", |mut c| async move {
+            redis::cmd("GET").arg(rkey).query_async(&mut c).await
+        })
+        .await
+    }
+
+    /// Marks `rkey` done for `ttl`; `None` if Redis did not take it.
+    async fn set_done(&self, rkey: &str, status: u16, ttl: Duration) -> Option<()> {
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        self.run("commit", |mut c| async move {
+            redis::cmd("SET")
+                .arg(rkey)
+                .arg(format!("d:{status}"))
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Keeps a commit that failed for the replay task, which is started if none runs.
+    fn queue(this: &Arc<Remote>, rkey: String, status: u16) {
+        let mut p = this.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.queue.len() >= MAX_PENDING {
+            p.queue.pop_front();
+            METRICS.commit_dropped();
+        }
+        let seq = p.next_seq;
+        p.next_seq += 1;
+        p.queue.push_back(Commit {
+            seq,
+            rkey,
+            status,
+            at: Instant::now(),
+        });
+        METRICS.commits_pending(p.queue.len());
+        if !p.replaying
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            p.replaying = true;
+            rt.spawn(this.clone().replay());
+        }
+    }
+
+    /// The oldest commit waiting, or `None` (and the task ends) when there is none.
+    fn next_pending(&self) -> Option<Commit> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let next = p.queue.front().cloned();
+        p.replaying = next.is_some();
+        next
+    }
+
+    /// Forgets commit `seq` (it may already have been dropped to make room).
+    fn done_with(&self, seq: u64) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.queue.front().is_some_and(|c| c.seq == seq) {
+            p.queue.pop_front();
+        }
+        METRICS.commits_pending(p.queue.len());
+    }
+
+    /// Writes the queued commits to Redis, oldest first, each with what remains of its TTL, as soon as
+    /// Redis may be asked again; ends when the queue is empty.
+    async fn replay(self: Arc<Self>) {
+        while let Some(c) = self.next_pending() {
+            if let Some(at) = self.retry_at() {
+                tokio::time::sleep_until(at.into()).await;
+                continue;
             }
+            let left = self.ttl.saturating_sub(c.at.elapsed());
+            if left.is_zero() {
+                METRICS.commit_dropped();
+            } else if self.set_done(&c.rkey, c.status, left).await.is_some() {
+                METRICS.commit_replay(metrics::Result::Success);
+            } else {
+                METRICS.commit_replay(metrics::Result::Failure);
+                continue;
+            }
+            self.done_with(c.seq);
         }
-    }
-
-    /// One line for `/readyz`.
-    pub fn status(&self) -> String {
-        let h = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        match h.down_since {
-            None => "dedup: redis ok".into(),
-            Some(t) => format!(
-                "dedup: redis unreachable for {:.0} s, using the local cache (deliveries flow, duplicates across replicas may reach the app)",
-                t.elapsed().as_secs_f64()
-            ),
-        }
-    }
-}
-
-#[async_trait]
-impl DedupStore for RedisStore {
-    async fn claim(&self, key: &str, wait: Duration) -> StoreClaim {
-        if let Some(status) = self.local.done_status(key) {
-            return StoreClaim::Duplicate(status);
-        }
-        let rkey = self.key(key);
-        let token = REDIS_TOKEN | (uuid::Uuid::new_v4().as_u64_pair().0 >> 1);
-        let ttl_ms = self.in_flight_ttl.as_millis() as u64;
-        let set: Option<Option<String>> = self
-            .run("SET NX", |mut c| {
-                let rkey = rkey.clone();
-                async move {
-                    redis::cmd("SET")
-                        .arg(rkey)
-                        .arg(format!("f:{token}"))
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ttl_ms)
-                        .query_async(&mut c)
-                        .await
-                }
-            })
-            .await;
-        match set {
-            Some(Some(_)) => StoreClaim::Acquired(token),
-            Some(None) => match self.wait_shared(&rkey, wait).await {
-                Some(claim) => claim,
-                None => self.local.claim(key, wait).await,
-            },
-            None => self.local.claim(key, wait).await,
-        }
-    }
-
-    async fn commit(&self, key: &str, token: u64, status: u16) {
-        // Remembered locally in any case: this replica answers its own duplicates, Redis or not.
-        self.local.commit(key, token, status).await;
-        let rkey = self.key(key);
-        let ttl_ms = self.ttl.as_millis() as u64;
-        let _: Option<()> = self
-            .run("SET", |mut c| async move {
-                redis::cmd("SET")
-                    .arg(rkey)
-                    .arg(format!("d:{status}"))
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await;
-    }
-
-    async fn release(&self, key: &str, token: u64) {
-        if token & REDIS_TOKEN == 0 {
-            return self.local.release(key, token).await;
-        }
-        let rkey = self.key(key);
-        let script = &self.release;
-        // On failure the claim expires with its in-flight TTL.
-        let _: Option<i64> = self
-            .run("release", |mut c| async move {
-                script
-                    .key(rkey)
-                    .arg(format!("f:{token}"))
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await;
-    }
-
-    fn entries(&self) -> u64 {
-        self.local.entries()
-    }
-
-    fn status(&self) -> Option<String> {
-        Some(RedisStore::status(self))
     }
 }

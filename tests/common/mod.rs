@@ -10,6 +10,7 @@ pub mod delivery;
 mod http;
 pub mod oidc;
 pub mod process;
+pub mod redis;
 pub mod sidecar;
 
 use std::future::Future;
@@ -19,6 +20,7 @@ pub use app::*;
 pub use client::*;
 pub use delivery::*;
 pub use process::*;
+pub use redis::*;
 pub use sidecar::*;
 
 pub const SECRET: &str = "whsec-test-0f9e8d7c6b5a";

@@ -69,8 +69,19 @@ impl Sidecar {
     }
 
     pub async fn start_with(app: SocketAddr, extra: &str, env: &[(&str, &str)]) -> Sidecar {
-        let dir = tempfile::tempdir().unwrap();
         let [addr, admin] = free_addrs();
+        Self::start_at(addr, admin, app, extra, env).await
+    }
+
+    /// Starts on given addresses: a replica restarted where it ran before.
+    pub async fn start_at(
+        addr: SocketAddr,
+        admin: SocketAddr,
+        app: SocketAddr,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Sidecar {
+        let dir = tempfile::tempdir().unwrap();
         let base = format!(
             "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\nthreads = 2\n\n[upstream]\naddress = \"{app}\"\nread_timeout_ms = 2000\n\n[auth.hmac]\nsecrets = [{{ value = \"{SECRET}\" }}]\n"
         );
