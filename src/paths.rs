@@ -25,7 +25,7 @@ pub fn route(path: &str, prefixes: &[String]) -> Route {
         return Route::Ambiguous;
     };
     let webhook = prefixes.iter().any(|prefix| {
-        let p = prefix.trim_end_matches('/').to_ascii_lowercase();
+        let p = prefix.trim_end_matches('/').to_lowercase();
         canonical == p
             || canonical
                 .strip_prefix(&p)

@@ -15,7 +15,7 @@ use crate::dedup::memory::MemoryStore;
 use crate::dedup::redis::RedisStore;
 use crate::dedup::{Dedup, DedupStore};
 use crate::lifecycle::{self, JwksRefresher, Reloader};
-use crate::limits::{ConnectionTimeouts, Listener};
+use crate::limits::{ConnectionLimits, Listener};
 use crate::proxy::Sidecar;
 use crate::state::Shared;
 
@@ -111,13 +111,14 @@ fn webhook_service(server: &Server, shared: &Arc<Shared>) -> Service<Listener<Ht
     );
     let live = shared.live();
     let cfg = &live.config.server;
-    let timeouts = ConnectionTimeouts {
-        header: cfg.header_timeout,
+    let limits = ConnectionLimits {
+        header_timeout: cfg.header_timeout,
         keepalive: cfg.keepalive_timeout,
+        max_header_bytes: cfg.max_header_bytes,
     };
     let mut service = Service::new(
         "webhooks".to_string(),
-        Listener::new(proxy, cfg.max_connections, timeouts),
+        Listener::new(proxy, cfg.max_connections, limits),
     );
     // No read buffer under Pingora's own: its default, 64 KiB zero-filled per connection, cost 92 KiB of
     // RSS per idle connection (1,000 idle connections: 108 MiB). Pingora reads a head into a buffer of its

@@ -127,7 +127,11 @@ async fn a_body_trickled_past_the_body_timeout_gets_408_and_the_app_is_not_conta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_uploads_past_the_memory_budget_get_503_and_the_held_bytes_stay_within_it() {
     let app = TestApp::start().await;
-    let sidecar = Sidecar::start(&app, "[server]\nmax_buffered_bytes = 200000\n").await;
+    let sidecar = Sidecar::start(
+        &app,
+        "[server]\nmax_buffered_bytes = 200000\n[webhooks]\nmax_body_bytes = 100000\n",
+    )
+    .await;
     let (bytes, body_at) = upload(90_000);
     let mut stalled = Vec::new();
     for _ in 0..2 {
@@ -163,8 +167,20 @@ async fn stalled_uploads_past_the_memory_budget_get_503_and_the_held_bytes_stay_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_body_growing_past_the_budget_gets_503() {
     let app = TestApp::start().await;
-    let sidecar = Sidecar::start(&app, "[server]\nmax_buffered_bytes = 100000\n").await;
-    let mut d = Delivery::new(vec![b'y'; 150_000]);
+    let sidecar = Sidecar::start(
+        &app,
+        "[server]\nmax_buffered_bytes = 200000\n[webhooks]\nmax_body_bytes = 150000\n",
+    )
+    .await;
+    // A stalled upload holds 150,000 of the 200,000; a chunked body then outgrows what is left.
+    let (bytes, body_at) = upload(150_000);
+    let mut stalled = TcpStream::connect(sidecar.addr).await.unwrap();
+    stalled.write_all(&bytes[..body_at + 10]).await.unwrap();
+    eventually("the stalled upload holds its share", || async {
+        metric(&metrics(&sidecar).await, "pps_sidecar_buffered_bytes") == 150_000.0
+    })
+    .await;
+    let mut d = Delivery::new(vec![b'y'; 120_000]);
     d.chunked = true;
     let r = send(sidecar.addr, &d.bytes()).await;
     assert_eq!(r.status, 503);
@@ -295,4 +311,59 @@ async fn closed_or_answered(s: &mut TcpStream) -> Vec<u8> {
         }
     }
     got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_past_max_header_bytes_are_cut_and_hundreds_of_them_stay_within_memory() {
+    let app = TestApp::start().await;
+    // The head deadline out of the way: the byte bound alone must cut these.
+    let sidecar = Sidecar::start(&app, "[server]\nheader_timeout_ms = 600000\n").await;
+    // A megabyte of head without its end, on each of 300 connections: Pingora alone would buffer it all.
+    let mut head = b"POST /webhooks HTTP/1.1\r\nHost: x\r\n".to_vec();
+    let line = format!("X-Big: {}\r\n", "a".repeat(8_000));
+    for _ in 0..127 {
+        head.extend_from_slice(line.as_bytes());
+    }
+    let head = std::sync::Arc::new(head);
+    let mut writers = Vec::new();
+    for _ in 0..300 {
+        let mut s = TcpStream::connect(sidecar.addr).await.unwrap();
+        let head = head.clone();
+        writers.push(tokio::spawn(async move {
+            let refused = s.write_all(&head).await.is_err();
+            (s, refused)
+        }));
+    }
+    let mut conns = Vec::new();
+    for w in writers {
+        conns.push(w.await.unwrap());
+    }
+    eventually("every over-long head is cut", || async {
+        metric(&metrics(&sidecar).await, "pps_sidecar_open_connections") == 0.0
+    })
+    .await;
+    let rss = vm_rss_bytes(sidecar.pid());
+    eprintln!(
+        "RSS {:.1} MiB after 300 one-megabyte heads",
+        rss as f64 / 1048576.0
+    );
+    assert!(rss < 96 * 1024 * 1024, "RSS {rss} bytes");
+    assert_eq!(app.count(), 0);
+    assert_eq!(sidecar.send(&Delivery::json()).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_request_without_keep_alive_is_answered_and_closed() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let bytes = Delivery::json().bytes();
+    let http10 = String::from_utf8(bytes)
+        .unwrap()
+        .replacen("HTTP/1.1", "HTTP/1.0", 1);
+    let mut s = TcpStream::connect(sidecar.addr).await.unwrap();
+    s.write_all(http10.as_bytes()).await.unwrap();
+    let answer = closed(&mut s)
+        .await
+        .expect("closed after the answer, as HTTP/1.0 wants");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
 }

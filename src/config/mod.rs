@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub max_buffered_bytes: usize,
     /// Client connections open at once; more are closed as they are accepted.
     pub max_connections: usize,
+    /// Bytes a request head may take; past it the connection is closed.
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -404,5 +406,31 @@ mod tests {
             .deadlines()
             .within(startup);
         assert!(lowered.exchange < startup.exchange && lowered.claim == startup.claim);
+    }
+
+    #[test]
+    fn webhook_prefixes_must_be_in_the_form_requests_are_matched_in() {
+        for bad in [
+            "/api//webhooks",
+            "/x/./y",
+            "/a/../webhooks",
+            "/%77ebhooks",
+            "/w;x",
+            "webhooks",
+        ] {
+            let text = format!("{MINIMAL}[webhooks]\npaths = [\"{bad}\"]\n");
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.key, "webhooks.paths[0]", "{bad}: {e}");
+        }
+        for good in ["/webhooks", "/webhooks/", "/Hooks/Orders", "/"] {
+            let text = format!("{MINIMAL}[webhooks]\npaths = [\"{good}\"]\n");
+            assert!(parse(&text).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn a_body_budget_smaller_than_one_body_is_refused() {
+        let text = format!("{MINIMAL}[server]\nmax_buffered_bytes = 1000\n");
+        assert_eq!(parse(&text).unwrap_err().key, "server.max_buffered_bytes");
     }
 }

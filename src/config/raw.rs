@@ -81,6 +81,7 @@ pub struct RawServer {
     pub keepalive_timeout_ms: u64,
     pub max_buffered_bytes: u64,
     pub max_connections: u64,
+    pub max_header_bytes: u64,
     /// `access_log` was this key's name before the contract named it `log_format`.
     #[serde(alias = "access_log")]
     pub log_format: LogFormat,
@@ -97,7 +98,8 @@ impl Default for RawServer {
             body_timeout_ms: 30_000,
             keepalive_timeout_ms: 60_000,
             max_buffered_bytes: 32 * 1024 * 1024,
-            max_connections: 1_024,
+            max_connections: 512,
+            max_header_bytes: 32 * 1024,
             log_format: LogFormat::Text,
         }
     }

@@ -59,6 +59,12 @@ impl Validator<'_> {
     }
 
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        if raw.server.max_buffered_bytes < raw.webhooks.max_body_bytes {
+            return Err(self.err(
+                "server.max_buffered_bytes",
+                "must be at least webhooks.max_body_bytes: a larger delivery could never be held",
+            ));
+        }
         Ok(Config {
             path: self.base.to_path_buf(),
             fingerprint: 0,
@@ -111,6 +117,7 @@ impl Validator<'_> {
             keepalive_timeout: Duration::from_secs(raw.keepalive_timeout_ms.div_ceil(1_000)),
             max_buffered_bytes: raw.max_buffered_bytes as usize,
             max_connections: raw.max_connections as usize,
+            max_header_bytes: raw.max_header_bytes as usize,
         })
     }
 
@@ -132,6 +139,12 @@ impl Validator<'_> {
         }
         if !(1..=1_000_000).contains(&raw.max_connections) {
             return Err(self.err("server.max_connections", "must be between 1 and 1000000"));
+        }
+        if !(1024..=1_048_576).contains(&raw.max_header_bytes) {
+            return Err(self.err(
+                "server.max_header_bytes",
+                "must be between 1024 and 1048576",
+            ));
         }
         Ok(())
     }
@@ -184,8 +197,15 @@ impl Validator<'_> {
             return Err(self.err("webhooks.paths", "needs at least one path prefix"));
         }
         for (i, p) in raw.paths.iter().enumerate() {
-            if !p.starts_with('/') {
-                return Err(self.err(format!("webhooks.paths[{i}]"), "must start with '/'"));
+            // Requests are matched in canonical form (`paths`): a prefix in any other form never matches.
+            let canonical = crate::paths::canonical(p);
+            if canonical.as_deref() != Some(p.trim_end_matches('/').to_lowercase().as_str())
+                && p != "/"
+            {
+                return Err(self.err(
+                    format!("webhooks.paths[{i}]"),
+                    "must be a plain path such as \"/webhooks\": starting with '/', lowercase, without                      '//', '.' or '..' segments, ';' or percent-encoding",
+                ));
             }
         }
         const MAX: u64 = 64 * 1024 * 1024;

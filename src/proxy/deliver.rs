@@ -102,17 +102,17 @@ async fn read_within(
         if len > limit {
             return Err(too_large());
         }
-        if !held.grow_to(len, budget) {
-            return Err(overloaded());
-        }
         if len > buf.capacity() {
-            // The whole declared length at the first bytes (reserved in the budget already, and only
-            // touched pages count), doubling for a chunked body: never past `limit`.
+            // The whole declared length at the first bytes (only touched pages count), doubling for a
+            // chunked body, never past `limit`; the budget holds the capacity, not just the bytes in it.
             let target = if declared {
                 limit
             } else {
                 len.max(buf.capacity() * 2).min(limit)
             };
+            if !held.grow_to(target, budget) {
+                return Err(overloaded());
+            }
             buf.reserve_exact(target - buf.len());
         }
         buf.extend_from_slice(&chunk);

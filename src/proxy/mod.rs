@@ -95,8 +95,11 @@ impl ProxyHttp for Sidecar {
     /// connection's next request is bounded (Pingora's own default is to wait forever).
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
         crate::limits::head_read();
-        let idle = self.shared.live().config.server.keepalive_timeout;
-        session.set_keepalive(Some(idle.as_secs().max(1)));
+        // Only where Pingora keeps the connection (not HTTP/1.0 without keep-alive, not while shutting down).
+        if session.get_keepalive().is_some() {
+            let idle = self.shared.live().config.server.keepalive_timeout;
+            session.set_keepalive(Some(idle.as_secs().max(1)));
+        }
         Ok(())
     }
 
@@ -121,6 +124,11 @@ impl ProxyHttp for Sidecar {
             }
             (Route::Other, OtherPaths::Reject) => Reply::new(404, Outcome::NotFound, "not found\n"),
             (Route::Other, OtherPaths::Forward) => {
+                // Pingora streams a pass-through body and answer; each read and write is bounded (the
+                // whole of them is not: pass-through is the app's own traffic, not a delivery).
+                let bound = live.config.server.body_timeout;
+                session.set_read_timeout(Some(bound));
+                session.set_write_timeout(Some(bound));
                 ctx.outcome = Some(Outcome::Forwarded);
                 return Ok(false);
             }

@@ -12,11 +12,19 @@
 //! - the idle wait for the next request is Pingora's keep-alive timeout, set on every request
 //!   (`proxy::Sidecar::early_request_filter`).
 //!
-//! Bodies are bounded by `BodyBudget`: bytes held across all connections, reserved before they are read.
+//! - a request head may take at most `server.max_header_bytes` of reads (`head.rs`): Pingora itself
+//!   buffers up to 1 MiB of head per connection, which 400 stalled connections turned into 208 MiB.
+//!
+//! Bodies are bounded by `BodyBudget` (`budget.rs`): bytes held across all connections, reserved before
+//! they are read.
+
+mod budget;
+mod head;
+
+pub use budget::{BodyBudget, Reservation};
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,24 +36,31 @@ use tokio::sync::Semaphore;
 
 use crate::metrics::METRICS;
 use crate::outcome::Closed;
+use head::{HeadCapped, HeadState};
 
 tokio::task_local! {
-    /// Requests started on the connection this task serves.
-    static REQUESTS: Cell<u32>;
-    /// Set once the current request's head has been read whole.
-    static HEAD_READ: Arc<AtomicBool>;
+    /// The connection this task serves.
+    static CONNECTION: Connection;
+}
+
+/// What the listener knows of one connection.
+struct Connection {
+    /// Requests started on it.
+    requests: Cell<u32>,
+    head: Arc<HeadState>,
 }
 
 /// Tells the listener that the current request's head arrived whole (called from the first proxy phase).
 pub fn head_read() {
-    let _ = HEAD_READ.try_with(|seen| seen.store(true, Ordering::Release));
+    let _ = CONNECTION.try_with(|c| c.head.end());
 }
 
-/// The timeouts of a connection, as configured.
+/// The limits of one connection, as configured.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnectionTimeouts {
-    pub header: Duration,
+pub struct ConnectionLimits {
+    pub header_timeout: Duration,
     pub keepalive: Duration,
+    pub max_header_bytes: usize,
 }
 
 /// The webhook listener's app: Pingora's HTTP proxy with a connection bound and a head deadline.
@@ -55,11 +70,11 @@ pub struct Listener<A> {
 }
 
 impl<A> Listener<A> {
-    pub fn new(app: A, max_connections: usize, timeouts: ConnectionTimeouts) -> Self {
+    pub fn new(app: A, max_connections: usize, limits: ConnectionLimits) -> Self {
         Self {
             http: Arc::new(HeadDeadline {
                 app: Arc::new(app),
-                timeouts,
+                limits,
             }),
             connections: Arc::new(Semaphore::new(max_connections)),
         }
@@ -79,8 +94,18 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Listener<A> {
             return None;
         };
         let _open = METRICS.connection_open();
-        REQUESTS
-            .scope(Cell::new(0), self.http.process_new(stream, shutdown))
+        let head = Arc::new(HeadState::default());
+        let stream: Stream = Box::new(HeadCapped::new(
+            stream,
+            head.clone(),
+            self.http.limits.max_header_bytes,
+        ));
+        let connection = Connection {
+            requests: Cell::new(0),
+            head,
+        };
+        CONNECTION
+            .scope(connection, self.http.process_new(stream, shutdown))
             .await
     }
 
@@ -92,7 +117,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Listener<A> {
 /// One request at a time of a connection, with the deadline for its head.
 struct HeadDeadline<A> {
     app: Arc<A>,
-    timeouts: ConnectionTimeouts,
+    limits: ConnectionLimits,
 }
 
 #[async_trait]
@@ -102,20 +127,22 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeadDeadline<A>
         session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let earlier = REQUESTS.try_with(|n| n.replace(n.get() + 1)).unwrap_or(0);
+        let (earlier, head) = CONNECTION
+            .try_with(|c| (c.requests.replace(c.requests.get() + 1), c.head.clone()))
+            .unwrap_or_else(|_| (0, Arc::default()));
+        head.begin();
         let deadline = if earlier == 0 {
-            self.timeouts.header
+            self.limits.header_timeout
         } else {
-            self.timeouts.keepalive + self.timeouts.header
+            self.limits.keepalive + self.limits.header_timeout
         };
-        let seen = Arc::new(AtomicBool::new(false));
-        let request = HEAD_READ.scope(seen.clone(), self.app.process_new_http(session, shutdown));
+        let request = self.app.process_new_http(session, shutdown);
         tokio::pin!(request);
         tokio::select! {
             done = &mut request => return done,
             () = tokio::time::sleep(deadline) => {}
         }
-        if seen.load(Ordering::Acquire) {
+        if !head.reading() {
             request.await
         } else {
             if earlier == 0 {
@@ -131,84 +158,5 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeadDeadline<A>
 
     async fn http_cleanup(&self) {
         self.app.http_cleanup().await;
-    }
-}
-
-/// Bytes of request bodies held in memory, all connections together, at most `max`.
-#[derive(Debug, Default)]
-pub struct BodyBudget {
-    held: AtomicUsize,
-}
-
-impl BodyBudget {
-    /// Bytes held now, for the gauge.
-    pub fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
-    }
-
-    /// An empty reservation, grown as the body arrives.
-    pub fn reservation(self: &Arc<Self>) -> Reservation {
-        Reservation {
-            budget: self.clone(),
-            bytes: 0,
-        }
-    }
-
-    fn take(&self, n: usize, max: usize) -> bool {
-        self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                held.checked_add(n).filter(|total| *total <= max)
-            })
-            .is_ok()
-    }
-}
-
-/// Bytes of the budget held by one body; given back when dropped.
-#[derive(Debug)]
-pub struct Reservation {
-    budget: Arc<BodyBudget>,
-    bytes: usize,
-}
-
-impl Reservation {
-    /// Holds at least `total` bytes, or `false` when the budget (`max`) cannot give them.
-    pub fn grow_to(&mut self, total: usize, max: usize) -> bool {
-        if total <= self.bytes {
-            return true;
-        }
-        let more = total - self.bytes;
-        if !self.budget.take(more, max) {
-            return false;
-        }
-        self.bytes = total;
-        true
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reservations_never_exceed_the_budget_and_give_back_when_dropped() {
-        let budget = Arc::new(BodyBudget::default());
-        let mut a = budget.reservation();
-        let mut b = budget.reservation();
-        assert!(a.grow_to(600, 1_000));
-        assert!(!b.grow_to(500, 1_000), "over the budget");
-        assert!(b.grow_to(400, 1_000));
-        assert!(a.grow_to(500, 1_000), "shrinking holds what it has");
-        assert_eq!(budget.held(), 1_000);
-        drop(a);
-        assert_eq!(budget.held(), 400);
-        assert!(b.grow_to(1_000, 1_000));
-        drop(b);
-        assert_eq!(budget.held(), 0);
     }
 }

@@ -1,0 +1,83 @@
+//! The memory budget for request bodies: bytes held across all connections, reserved before they are read.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Bytes of request bodies held in memory, all connections together, at most `max`.
+#[derive(Debug, Default)]
+pub struct BodyBudget {
+    held: AtomicUsize,
+}
+
+impl BodyBudget {
+    /// Bytes held now, for the gauge.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// An empty reservation, grown as the body arrives.
+    pub fn reservation(self: &Arc<Self>) -> Reservation {
+        Reservation {
+            budget: self.clone(),
+            bytes: 0,
+        }
+    }
+
+    fn take(&self, n: usize, max: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(n).filter(|total| *total <= max)
+            })
+            .is_ok()
+    }
+}
+
+/// Bytes of the budget held by one body; given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Arc<BodyBudget>,
+    bytes: usize,
+}
+
+impl Reservation {
+    /// Holds at least `total` bytes, or `false` when the budget (`max`) cannot give them.
+    pub fn grow_to(&mut self, total: usize, max: usize) -> bool {
+        if total <= self.bytes {
+            return true;
+        }
+        let more = total - self.bytes;
+        if !self.budget.take(more, max) {
+            return false;
+        }
+        self.bytes = total;
+        true
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_never_exceed_the_budget_and_give_back_when_dropped() {
+        let budget = Arc::new(BodyBudget::default());
+        let mut a = budget.reservation();
+        let mut b = budget.reservation();
+        assert!(a.grow_to(600, 1_000));
+        assert!(!b.grow_to(500, 1_000), "over the budget");
+        assert!(b.grow_to(400, 1_000));
+        assert!(a.grow_to(500, 1_000), "shrinking holds what it has");
+        assert_eq!(budget.held(), 1_000);
+        drop(a);
+        assert_eq!(budget.held(), 400);
+        assert!(b.grow_to(1_000, 1_000));
+        drop(b);
+        assert_eq!(budget.held(), 0);
+    }
+}
