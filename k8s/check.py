@@ -843,7 +843,7 @@ BREAKS = [
     ("a copy of the sidecar drifts from the native-sidecar one", VARIANTS[1:],
      lambda d: sidecar(d)["resources"]["limits"].update(memory="256Mi"), "differs from native-sidecar's"),
     ("an example's sidecar.toml drifts from the base one", sorted(KUSTOMIZE),
-     toml_edit("max_entries = 150000", "max_entries = 140000"), "differs from base/configmap.yaml's"),
+     toml_edit("max_entries = 100000", "max_entries = 90000"), "differs from base/configmap.yaml's"),
     # Monitoring.
     ("the PodMonitor selects other pods", ["monitoring"],
      lambda d: kind(d, "PodMonitor")["spec"]["selector"].update(matchLabels={"app": "x"}), "does not select"),
