@@ -20,10 +20,19 @@ pub fn init(format: LogFormat) {
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     builder.format(move |buf, record| {
         let ts = buf.timestamp_millis();
+        let (level, target) = (level_name(record.level()), record.target());
+        // The access line, one per request, is written as it is: its fields are already quoted.
+        if format == LogFormat::Text && target == ACCESS {
+            return writeln!(
+                buf,
+                "ts={ts} level={level} target={ACCESS} {}",
+                record.args()
+            );
+        }
         let msg = record.args().to_string();
         let line = match format {
-            LogFormat::Text => text(&ts.to_string(), record.level(), record.target(), &msg),
-            LogFormat::Json => json(&ts.to_string(), record.level(), record.target(), &msg),
+            LogFormat::Text => text(&ts.to_string(), record.level(), target, &msg),
+            LogFormat::Json => json(&ts.to_string(), record.level(), target, &msg),
         };
         writeln!(buf, "{line}")
     });
@@ -50,11 +59,18 @@ pub fn quote(line: &mut String, v: &str) {
     line.push('"');
 }
 
+fn level_name(level: log::Level) -> &'static str {
+    match level {
+        log::Level::Error => "error",
+        log::Level::Warn => "warn",
+        log::Level::Info => "info",
+        log::Level::Debug => "debug",
+        log::Level::Trace => "trace",
+    }
+}
+
 fn text(ts: &str, level: log::Level, target: &str, msg: &str) -> String {
-    let mut line = format!(
-        "ts={ts} level={} target={target} ",
-        level.as_str().to_lowercase()
-    );
+    let mut line = format!("ts={ts} level={} target={target} ", level_name(level));
     if target == ACCESS {
         line.push_str(msg);
     } else {
@@ -67,7 +83,7 @@ fn text(ts: &str, level: log::Level, target: &str, msg: &str) -> String {
 fn json(ts: &str, level: log::Level, target: &str, msg: &str) -> String {
     let head = serde_json::json!({
         "ts": ts,
-        "level": level.as_str().to_lowercase(),
+        "level": level_name(level),
         "target": target,
     });
     let mut head = head.to_string();

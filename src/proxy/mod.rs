@@ -93,21 +93,23 @@ impl ProxyHttp for Sidecar {
 
     /// The head has arrived whole: the listener's head deadline is met, and the idle wait for the
     /// connection's next request is bounded (Pingora's own default is to wait forever).
-    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         crate::limits::head_read();
+        // The configuration this request is served under, from its first phase to its access line.
+        let live = self.shared.live();
         // Only where Pingora keeps the connection (not HTTP/1.0 without keep-alive, not while shutting down).
         if session.get_keepalive().is_some() {
-            let idle = self.shared.live().config.server.keepalive_timeout;
+            let idle = live.config.server.keepalive_timeout;
             session.set_keepalive(Some(idle.as_secs().max(1)));
         }
+        ctx.live = Some(live);
         Ok(())
     }
 
     /// `Ok(true)`: the request was answered here (every webhook path); `Ok(false)`: Pingora proxies it to
     /// the app (pass-through of other paths).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let live = self.shared.live();
-        ctx.live = Some(live.clone());
+        let live = ctx.live.clone().unwrap_or_else(|| self.shared.live());
         ctx.request_id = headers::request_id(session.req_header());
         let webhooks = &live.config.webhooks;
         let reply = match (
