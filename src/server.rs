@@ -65,6 +65,15 @@ pub fn run(config: Config) -> ! {
         env!("CARGO_PKG_VERSION"),
         config.upstream.address
     );
+    if let Some(cfg) = &config.spool {
+        let store = crate::spool::Store::new(cfg);
+        let removed = store.open();
+        let (entries, bytes) = store.enforce(crate::spool::now_ms());
+        log::info!(
+            "spool at {}: {entries} entries, {bytes} bytes ({removed} partial writes removed)",
+            cfg.dir.display()
+        );
+    }
     let shared = Arc::new(Shared::new(config, dedup));
 
     let proxy = pingora::proxy::http_proxy(
