@@ -143,7 +143,7 @@ fn summary(c: &Config) -> String {
         })
         .collect();
     format!(
-        "{}: ok: listen {}, admin {}, app {}, paths {}, auth {}{}, dedup {}",
+        "{}: ok: listen {}, admin {}, app {}, paths {}, auth {}{}, dedup {}, spool {}",
         c.path.display(),
         c.server.listen,
         c.server.admin_listen,
@@ -160,6 +160,12 @@ fn summary(c: &Config) -> String {
         } else {
             "off".into()
         },
+        c.spool.as_ref().map_or("off".into(), |s| format!(
+            "{} (max {} bytes, {} h)",
+            s.dir.display(),
+            s.max_bytes,
+            s.max_age.as_secs() / 3_600
+        )),
     )
 }
 
