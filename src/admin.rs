@@ -52,10 +52,7 @@ impl ServeHttp for Admin {
 impl Admin {
     /// `POST /spool/replay` with a JSON `spool::ReplayRequest`: 403 unless the peer is on this host.
     async fn replay(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .copied();
+        let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
         if !spool::is_loopback_peer(peer) {
             return text(403, "replay is allowed from loopback only\n".into());
         }

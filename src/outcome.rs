@@ -93,6 +93,8 @@ labelled! {
         MaxBytes => "max_bytes",
         /// Older than `spool.max_age_hours`.
         MaxAge => "max_age",
+        /// The same event was spooled again since (its newest entry stays).
+        Superseded => "superseded",
     }
 }
 

@@ -66,13 +66,7 @@ pub fn run(config: Config) -> ! {
         config.upstream.address
     );
     if let Some(cfg) = &config.spool {
-        let store = crate::spool::Store::new(cfg);
-        let removed = store.open();
-        let (entries, bytes) = store.enforce(crate::spool::now_ms());
-        log::info!(
-            "spool at {}: {entries} entries, {bytes} bytes ({removed} partial writes removed)",
-            cfg.dir.display()
-        );
+        crate::spool::open(cfg);
     }
     let shared = Arc::new(Shared::new(config, dedup));
 

@@ -71,7 +71,9 @@ async fn cli(sidecar: &Sidecar, args: &[&str]) -> (i32, String, String) {
 async fn listed(sidecar: &Sidecar) -> Vec<String> {
     let (code, out, err) = cli(sidecar, &["list"]).await;
     assert_eq!(code, 0, "{err}");
-    out.lines().map(|l| l.split(' ').next().unwrap().to_string()).collect()
+    out.lines()
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,11 +111,18 @@ async fn replay_delivers_a_refused_delivery_exactly_once_after_the_app_is_fixed(
     let (code, out, _) = cli(&sidecar, &["replay", &ids[0]]).await;
     assert_eq!((code, out), (1, format!("{} missing\n", ids[0])));
     let again = sidecar.send(&d).await;
-    assert_eq!(again.get("x-pps-duplicate"), Some("true"), "the replay committed the claim");
+    assert_eq!(
+        again.get("x-pps-duplicate"),
+        Some("true"),
+        "the replay committed the claim"
+    );
     assert_eq!(app.count(), 2, "delivered exactly once");
     let m = sidecar.admin_get("/metrics").await.text();
     assert_eq!(metric(&m, "pps_sidecar_spool_written_total"), 1.0);
-    assert_eq!(metric(&m, "pps_sidecar_spool_replayed_total{result=\"delivered\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "pps_sidecar_spool_replayed_total{result=\"delivered\"}"),
+        1.0
+    );
     assert_eq!(metric(&m, "pps_sidecar_spool_entries"), 0.0);
 }
 
@@ -126,15 +135,28 @@ async fn a_replay_of_an_event_acknowledged_since_is_a_duplicate_and_not_sent_aga
     app.set(Behaviour::Answer(404));
     let d = Delivery::json();
     assert_eq!(sidecar.send(&d).await.status, 503, "deferred");
-    assert_eq!(listed(&sidecar).await.len(), 1, "a deferred 4xx is spooled too");
+    assert_eq!(
+        sidecar.send(&d).await.status,
+        503,
+        "the retry, deferred again"
+    );
+    assert_eq!(
+        listed(&sidecar).await.len(),
+        1,
+        "a deferred 4xx is spooled too, once per event"
+    );
     app.set(Behaviour::Answer(200));
-    assert_eq!(sidecar.send(&d).await.status, 200, "Pitchpoint's retry got through");
-    assert_eq!(app.count(), 2);
+    assert_eq!(
+        sidecar.send(&d).await.status,
+        200,
+        "Pitchpoint's retry got through"
+    );
+    assert_eq!(app.count(), 3);
 
     let (code, out, err) = cli(&sidecar, &["replay", "--all"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.ends_with(" duplicate 200\n"), "{out}");
-    assert_eq!(app.count(), 2, "not delivered again");
+    assert_eq!(app.count(), 3, "not delivered again");
     assert!(listed(&sidecar).await.is_empty());
 }
 
@@ -158,10 +180,18 @@ async fn an_entry_the_app_refuses_again_stays_for_a_later_replay() {
 async fn only_verified_deliveries_and_refusals_are_spooled_by_default() {
     let app = TestApp::start().await;
     let spool = Spool::new();
-    let sidecar = Sidecar::start(&app, &format!("[auth]\nenforce = false\n{}", spool.toml(""))).await;
+    let sidecar = Sidecar::start(
+        &app,
+        &format!("[auth]\nenforce = false\n{}", spool.toml("")),
+    )
+    .await;
     app.set(Behaviour::Answer(404));
     let forged = Delivery::json().sign_with("not-the-secret");
-    assert_eq!(sidecar.send(&forged).await.status, 404, "shadow mode forwards it");
+    assert_eq!(
+        sidecar.send(&forged).await.status,
+        404,
+        "shadow mode forwards it"
+    );
     app.set(Behaviour::Answer(500));
     assert_eq!(sidecar.send(&Delivery::json()).await.status, 500);
     assert!(listed(&sidecar).await.is_empty(), "{:?}", spool.files());
@@ -205,7 +235,11 @@ async fn a_crash_while_spooling_leaves_no_entry_and_the_restart_cleans_it() {
     assert_ne!(code, 0, "a cut entry is not shown: {err}");
     app.set(Behaviour::Answer(200));
     let (_, out, _) = cli(&sidecar, &["replay", "--all"]).await;
-    assert_eq!(out, format!("{} delivered 200\n", ids[0]), "the cut one is never sent");
+    assert_eq!(
+        out,
+        format!("{} delivered 200\n", ids[0]),
+        "the cut one is never sent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +311,11 @@ async fn replay_from_a_peer_that_is_not_loopback_is_refused() {
     );
     let outside = std::net::SocketAddr::new(ip, admin.port());
     assert_eq!(send(outside, req.as_bytes()).await.status, 403);
-    assert_eq!(send(admin, req.as_bytes()).await.status, 200, "loopback may");
+    assert_eq!(
+        send(admin, req.as_bytes()).await.status,
+        200,
+        "loopback may"
+    );
 }
 
 #[test]

@@ -259,7 +259,9 @@ pub async fn forward(
     let elapsed = sent_at.elapsed();
     ctx.app_time = Some(elapsed);
     if let Some(pending) = spooled {
-        let status = result.as_ref().map_or_else(|f| f.status(), Exchange::status);
+        let status = result
+            .as_ref()
+            .map_or_else(|f| f.status(), Exchange::status);
         pending.keep(status, delivery, body).await;
     }
     match result {

@@ -19,6 +19,17 @@ use crate::config::SpoolConfig;
 use crate::headers::Delivery;
 use crate::metrics::METRICS;
 
+/// At start: removes what a crash left half-written, applies the bounds, and sets the gauges.
+pub fn open(cfg: &SpoolConfig) {
+    let store = Store::new(cfg);
+    let removed = store.open();
+    let (entries, bytes) = store.enforce(now_ms());
+    log::info!(
+        "spool at {}: {entries} entries, {bytes} bytes ({removed} partial writes removed)",
+        cfg.dir.display()
+    );
+}
+
 /// A verified delivery on its way to the app, ready to be spooled if the app refuses it.
 pub struct Pending {
     cfg: SpoolConfig,
@@ -29,7 +40,11 @@ pub struct Pending {
 impl Pending {
     /// `None` when there is no spool, or when the delivery is not verified (shadow mode): only a delivery
     /// that passed verification is ever kept.
-    pub fn new(cfg: Option<&SpoolConfig>, verified: Option<&Verified>, head: &[u8]) -> Option<Self> {
+    pub fn new(
+        cfg: Option<&SpoolConfig>,
+        verified: Option<&Verified>,
+        head: &[u8],
+    ) -> Option<Self> {
         Some(Self {
             cfg: cfg?.clone(),
             verified: verified?.label(),
@@ -58,8 +73,7 @@ impl Pending {
         let body = body.clone();
         let store = Store::new(&self.cfg);
         let head = self.head;
-        let written =
-            tokio::task::spawn_blocking(move || store.write(meta, &head, &body)).await;
+        let written = tokio::task::spawn_blocking(move || store.write(meta, &head, &body)).await;
         match written {
             Ok(Ok(id)) => log::info!(
                 "spool: app answered {status}: kept as entry {id}, webhook id {webhook_id}"

@@ -133,10 +133,18 @@ mod tests {
         for ok in ["127.0.0.1:5", "[::1]:5", "[::ffff:127.0.0.1]:5"] {
             assert!(is_loopback_peer(Some(ok.parse().unwrap())), "{ok}");
         }
-        for no in ["10.0.0.7:5", "[fe80::1]:5", "0.0.0.0:5", "[::ffff:10.0.0.1]:5"] {
+        for no in [
+            "10.0.0.7:5",
+            "[fe80::1]:5",
+            "0.0.0.0:5",
+            "[::ffff:10.0.0.1]:5",
+        ] {
             assert!(!is_loopback_peer(Some(no.parse().unwrap())), "{no}");
         }
-        assert!(!is_loopback_peer(None), "a Unix socket peer or an unknown one");
+        assert!(
+            !is_loopback_peer(None),
+            "a Unix socket peer or an unknown one"
+        );
     }
 
     #[test]

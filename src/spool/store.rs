@@ -150,16 +150,25 @@ impl Store {
         Ok(id)
     }
 
-    /// Drops entries older than `max_age`, then the oldest while the rest hold more than `max_bytes`.
-    /// Sets the gauges to what is left.
+    /// Drops entries older than `max_age`, those of an event spooled again since (Pitchpoint's retries
+    /// in retry mode: one entry per event, the newest), then the oldest while the rest hold more than
+    /// `max_bytes`. Sets the gauges to what is left.
     pub fn enforce(&self, now_ms: u64) -> (u64, u64) {
         let listed = self.list();
         let max_age_ms = self.max_age.as_millis() as u64;
         let mut total: u64 = listed.iter().map(|l| l.bytes).sum();
         let mut count = listed.len() as u64;
-        for l in &listed {
+        let mut seen = std::collections::HashSet::new();
+        let superseded: Vec<bool> = listed
+            .iter()
+            .rev()
+            .map(|l| !seen.insert(l.meta.dedup_key()))
+            .collect();
+        for (l, again) in listed.iter().zip(superseded.into_iter().rev()) {
             let reason = if now_ms.saturating_sub(l.meta.time_ms) > max_age_ms {
                 SpoolDropped::MaxAge
+            } else if again {
+                SpoolDropped::Superseded
             } else if total > self.max_bytes {
                 SpoolDropped::MaxBytes
             } else {
@@ -218,9 +227,7 @@ impl Store {
 
     /// Removes the entry `id`; whether it was there.
     pub fn remove(&self, id: &str) -> bool {
-        self.checked_path(id)
-            .and_then(fs::remove_file)
-            .is_ok()
+        self.checked_path(id).and_then(fs::remove_file).is_ok()
     }
 
     fn read_meta(&self, id: &str) -> io::Result<(Meta, u64)> {
@@ -295,7 +302,7 @@ mod tests {
             status: 404,
             verified: "hmac".into(),
             tenant: Some("t".into()),
-            webhook_id: "w".into(),
+            webhook_id: format!("w{time_ms}"),
             topic: "orders/placed".into(),
             head_len: 4,
             body_len: body.len(),
@@ -308,8 +315,11 @@ mod tests {
         let s = store(tmp.path(), 1 << 20);
         let id = s.write(meta(now_ms(), b"{}"), b"HEAD", b"{}").unwrap();
         let e = s.read(&id).unwrap();
-        assert_eq!((e.head.as_slice(), e.body.as_slice()), (&b"HEAD"[..], &b"{}"[..]));
-        assert_eq!(e.meta.dedup_key(), "t\nw");
+        assert_eq!(
+            (e.head.as_slice(), e.body.as_slice()),
+            (&b"HEAD"[..], &b"{}"[..])
+        );
+        assert!(e.meta.dedup_key().starts_with("t\nw"));
         let mode = fs::metadata(s.path(&id)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(s.remove(&id) && !s.remove(&id));
@@ -336,7 +346,10 @@ mod tests {
         let s = store(tmp.path(), 1_000);
         let now = now_ms();
         let old = s.write(meta(now - 7_200_000, b"x"), b"HEAD", b"x").unwrap();
-        assert!(s.list().is_empty(), "older than max_age: dropped at once: {old}");
+        assert!(
+            s.list().is_empty(),
+            "older than max_age: dropped at once: {old}"
+        );
         let body = vec![b'a'; 300];
         let ids: Vec<String> = (0..5)
             .map(|i| s.write(meta(now + i, &body), b"HEAD", &body).unwrap())
@@ -344,6 +357,28 @@ mod tests {
         let left: Vec<String> = s.list().into_iter().map(|l| l.id).collect();
         assert_eq!(left, ids[ids.len() - left.len()..].to_vec());
         assert!(s.list().iter().map(|l| l.bytes).sum::<u64>() <= 1_000);
+    }
+
+    #[test]
+    fn an_event_spooled_again_keeps_only_its_newest_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path(), 1 << 20);
+        let now = now_ms();
+        let first = meta(now, b"x");
+        let other = s.write(meta(now + 1, b"x"), b"HEAD", b"x").unwrap();
+        s.write(first.clone(), b"HEAD", b"x").unwrap();
+        let again = s
+            .write(
+                Meta {
+                    time_ms: now + 2,
+                    ..first
+                },
+                b"HEAD",
+                b"x",
+            )
+            .unwrap();
+        let left: Vec<String> = s.list().into_iter().map(|l| l.id).collect();
+        assert_eq!(left, vec![other, again]);
     }
 
     #[test]
