@@ -81,7 +81,7 @@ impl Admin {
     async fn count_spool(&self) {
         if let Some(cfg) = &self.shared.live().config.spool {
             let store = spool::Store::new(cfg);
-            let _ = tokio::task::spawn_blocking(move || store.enforce(spool::now_ms())).await;
+            let _ = tokio::task::spawn_blocking(move || store.prune(spool::now_ms())).await;
         }
     }
 

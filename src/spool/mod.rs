@@ -8,6 +8,7 @@
 //! `store` is the directory (atomic, bounded, private files); `replay` re-sends entries through the running
 //! sidecar, under the same dedup contract as a delivery. The proxy's only call is `Pending::keep`.
 
+mod index;
 mod replay;
 mod store;
 

@@ -19,6 +19,8 @@ use crate::config::SpoolConfig;
 use crate::metrics::METRICS;
 use crate::outcome::SpoolDropped;
 
+use super::index::{self, Index, Item};
+
 const SUFFIX: &str = ".entry";
 const TEMP_PREFIX: &str = ".tmp-";
 
@@ -125,14 +127,15 @@ impl Store {
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
         let temp = self.dir.join(format!("{TEMP_PREFIX}{id}"));
+        let mut line = serde_json::to_vec(&meta).map_err(io::Error::other)?;
+        line.push(b'\n');
+        let line_len = line.len();
         let written = (|| {
             let mut f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&temp)?;
-            let mut line = serde_json::to_vec(&meta).map_err(io::Error::other)?;
-            line.push(b'\n');
             f.write_all(&line)?;
             f.write_all(head)?;
             f.write_all(body)?;
@@ -146,48 +149,96 @@ impl Store {
             return Err(e);
         }
         METRICS.spool_written();
-        self.enforce(now_ms());
+        let item = Item {
+            bytes: (line_len + head.len() + body.len()) as u64,
+            time_ms: meta.time_ms,
+            key: meta.dedup_key(),
+        };
+        let mut index = index::lock();
+        match index.as_mut() {
+            Some(idx) if idx.dir == self.dir => {
+                if let Some(older) = idx.insert(id.clone(), item) {
+                    self.drop_entry(idx, &older, SpoolDropped::Superseded);
+                }
+                self.bound(idx, now_ms());
+            }
+            _ => {
+                drop(index);
+                self.enforce(now_ms());
+            }
+        }
         Ok(id)
     }
 
-    /// Drops entries older than `max_age`, those of an event spooled again since (Pitchpoint's retries
-    /// in retry mode: one entry per event, the newest), then the oldest while the rest hold more than
-    /// `max_bytes`. Sets the gauges to what is left.
+    /// Reads the directory whole into the index (at start, after a replay, or when the index is of
+    /// another directory), then applies the bounds (`bound`). What is left: (entries, bytes).
     pub fn enforce(&self, now_ms: u64) -> (u64, u64) {
-        let listed = self.list();
+        // Held through the scan: a write meanwhile waits, and is never lost from the index.
+        let mut index = index::lock();
+        let mut idx = Index::new(&self.dir);
+        for l in self.list() {
+            let item = Item {
+                bytes: l.bytes,
+                time_ms: l.meta.time_ms,
+                key: l.meta.dedup_key(),
+            };
+            if let Some(older) = idx.insert(l.id, item) {
+                self.drop_entry(&mut idx, &older, SpoolDropped::Superseded);
+            }
+        }
+        let left = self.bound(&mut idx, now_ms);
+        *index = Some(idx);
+        left
+    }
+
+    /// Applies the age bound from the index (entries age without a write to notice); a full scan when
+    /// there is no index of this directory yet.
+    pub fn prune(&self, now_ms: u64) -> (u64, u64) {
+        let mut index = index::lock();
+        match index.as_mut() {
+            Some(idx) if idx.dir == self.dir => self.bound(idx, now_ms),
+            _ => {
+                drop(index);
+                self.enforce(now_ms)
+            }
+        }
+    }
+
+    /// Drops the entries older than `max_age`, then the oldest while they hold more than `max_bytes`.
+    /// Sets the gauges to what is left.
+    fn bound(&self, idx: &mut Index, now_ms: u64) -> (u64, u64) {
         let max_age_ms = self.max_age.as_millis() as u64;
-        let mut total: u64 = listed.iter().map(|l| l.bytes).sum();
-        let mut count = listed.len() as u64;
-        let mut seen = std::collections::HashSet::new();
-        let superseded: Vec<bool> = listed
-            .iter()
-            .rev()
-            .map(|l| !seen.insert(l.meta.dedup_key()))
-            .collect();
-        for (l, again) in listed.iter().zip(superseded.into_iter().rev()) {
-            let reason = if now_ms.saturating_sub(l.meta.time_ms) > max_age_ms {
+        while let Some((id, item)) = idx.oldest() {
+            let reason = if now_ms.saturating_sub(item.time_ms) > max_age_ms {
                 SpoolDropped::MaxAge
-            } else if again {
-                SpoolDropped::Superseded
-            } else if total > self.max_bytes {
+            } else if idx.total > self.max_bytes {
                 SpoolDropped::MaxBytes
             } else {
-                continue;
+                break;
             };
-            if self.remove(&l.id) {
-                METRICS.spool_dropped(reason);
-                log::warn!(
-                    "spool: entry {} dropped ({}), webhook id {}",
-                    l.id,
-                    reason.label(),
-                    l.meta.webhook_id
-                );
-            }
-            total -= l.bytes;
-            count -= 1;
+            let id = id.clone();
+            self.drop_entry(idx, &id, reason);
         }
-        METRICS.spool_gauges(count, total);
-        (count, total)
+        let left = (idx.entries.len() as u64, idx.total);
+        METRICS.spool_gauges(left.0, left.1);
+        left
+    }
+
+    fn drop_entry(&self, idx: &mut Index, id: &str, reason: SpoolDropped) {
+        let webhook_id = idx
+            .entries
+            .get(id)
+            .and_then(|i| i.key.split('\n').nth(1))
+            .unwrap_or("")
+            .to_string();
+        idx.remove(id);
+        if self.checked_path(id).and_then(fs::remove_file).is_ok() {
+            METRICS.spool_dropped(reason);
+            log::warn!(
+                "spool: entry {id} dropped ({}), webhook id {webhook_id}",
+                reason.label()
+            );
+        }
     }
 
     /// The whole entries, oldest first. Temporary and truncated files are not entries.
@@ -227,6 +278,10 @@ impl Store {
 
     /// Removes the entry `id`; whether it was there.
     pub fn remove(&self, id: &str) -> bool {
+        if let Some(idx) = index::lock().as_mut().filter(|i| i.dir == self.dir) {
+            idx.remove(id);
+            METRICS.spool_gauges(idx.entries.len() as u64, idx.total);
+        }
         self.checked_path(id).and_then(fs::remove_file).is_ok()
     }
 
