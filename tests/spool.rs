@@ -345,3 +345,18 @@ fn check_refuses_a_spool_dir_that_cannot_be_written() {
     assert!(out.contains("spool"), "{out}");
     assert!(tmp.path().join("spool").is_dir(), "created");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_that_cannot_be_written_changes_nothing_in_the_answer_and_is_counted() {
+    let app = TestApp::start().await;
+    let spool = Spool::new();
+    let sidecar = Sidecar::start(&app, &spool.toml("")).await;
+    std::fs::remove_dir_all(spool.dir()).unwrap();
+    app.set(Behaviour::Answer(404));
+    assert_eq!(sidecar.send(&Delivery::json()).await.status, 404);
+    let m = sidecar.admin_get("/metrics").await.text();
+    assert_eq!(metric(&m, "pps_sidecar_spool_write_failures_total"), 1.0);
+    assert_eq!(metric(&m, "pps_sidecar_spool_written_total"), 0.0);
+    let log = sidecar.log_with("spool: cannot keep", 1).await;
+    assert!(!log.contains("12.50"), "no body in the log: {log}");
+}
