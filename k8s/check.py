@@ -360,13 +360,19 @@ def check_structure(variant, docs):
         return data_keys(obj) if obj else set()
 
     files = mounted_files(pod, side, keys)
+    volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+    writable = []  # the sidecar's writable mounts: only its spool, on an emptyDir or a PVC
     for c in everyone:
         for m in c.get("volumeMounts") or []:
             if "subPath" in m or "subPathExpr" in m:
                 e.append(f"{variant}: {c['name']} mounts {m.get('mountPath')} with subPath: "
                          "it would never see ConfigMap/Secret updates")
             if c is side and not m.get("readOnly"):
-                e.append(f"{variant}: sidecar mount {m.get('mountPath')} must be readOnly")
+                v = volumes.get(m.get("name")) or {}
+                if "emptyDir" in v or "persistentVolumeClaim" in v:
+                    writable.append(os.path.normpath(m.get("mountPath", "")))
+                else:
+                    e.append(f"{variant}: sidecar mount {m.get('mountPath')} must be readOnly")
     src = files.get(CONFIG_PATH)
     if src is None or src[0] != "ConfigMap" or src[1] not in cms:
         e.append(f"{variant}: {CONFIG_PATH} is not mounted from a ConfigMap of this variant")
@@ -381,6 +387,14 @@ def check_structure(variant, docs):
     except Exception as ex:  # noqa: BLE001 - any parse error is the finding
         e.append(f"{variant}: ConfigMap {src[1]} {src[2]} is not TOML: {ex}")
         return e
+    spool_dir = conf.get("spool", {}).get("dir")
+    for w in writable:
+        if spool_dir is None or w != os.path.normpath(spool_dir):
+            e.append(f"{variant}: sidecar mount {w} is writable but is not spool.dir ({spool_dir}): "
+                     "must be readOnly")
+    if spool_dir is not None and os.path.normpath(spool_dir) not in writable:
+        e.append(f"{variant}: spool.dir {spool_dir} must be a writable emptyDir or PVC mount of the "
+                 "sidecar (its root filesystem is read-only)")
     server, upstream = conf.get("server", {}), conf.get("upstream", {})
     _, listen = host_port(server.get("listen", "0.0.0.0:8080"))
     _, admin = host_port(server.get("admin_listen", "0.0.0.0:9090"))
@@ -823,6 +837,12 @@ BREAKS = [
      "must be a file"),
     ("config mounted with subPath", None,
      lambda d: sidecar(d)["volumeMounts"][0].update(subPath="sidecar.toml"), "subPath"),
+    ("config mount writable", None,
+     lambda d: sidecar(d)["volumeMounts"][0].pop("readOnly"), "must be readOnly"),
+    ("spool dir not on the writable volume", None,
+     toml_edit('dir = "/var/spool/pps-sidecar"', 'dir = "/var/spool/other"'), "is not spool.dir"),
+    ("spool volume dropped", None,
+     lambda d: sidecar(d).update(volumeMounts=sidecar(d)["volumeMounts"][:1]), "writable emptyDir or PVC"),
     ("wrong sidecar args", None,
      setter(sidecar, "args", ["run"]), "sidecar args"),
     ("Prometheus scrapes the webhook port", None,

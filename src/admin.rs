@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`. Never the webhook path, never on the webhook port.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and `POST /spool/replay` from loopback only.
+//! Never the webhook path, never on the webhook port.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::metrics::METRICS;
+use crate::spool;
 use crate::state::Shared;
 
 pub struct Admin {
@@ -26,7 +28,9 @@ impl ServeHttp for Admin {
                 let (ready, detail) = self.readiness().await;
                 text(if ready { 200 } else { 503 }, detail)
             }
+            "/spool/replay" => self.replay(session).await,
             "/metrics" => {
+                self.count_spool().await;
                 let mut r = text(
                     200,
                     METRICS.render(
@@ -46,6 +50,41 @@ impl ServeHttp for Admin {
 }
 
 impl Admin {
+    /// `POST /spool/replay` with a JSON `spool::ReplayRequest`: 403 unless the peer is on this host.
+    async fn replay(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+        if !spool::is_loopback_peer(peer) {
+            return text(403, "replay is allowed from loopback only\n".into());
+        }
+        if session.req_header().method != http::Method::POST {
+            return text(405, "method not allowed\n".into());
+        }
+        let live = self.shared.live();
+        let Some(cfg) = live.config.spool.clone() else {
+            return text(404, "no spool: spool.dir is not set\n".into());
+        };
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            body.extend_from_slice(&chunk);
+            if body.len() > 1 << 20 {
+                return text(413, "request too large\n".into());
+            }
+        }
+        match serde_json::from_slice::<spool::ReplayRequest>(&body) {
+            Ok(req) => text(200, spool::replay(&self.shared, &cfg, req).await),
+            Err(_) => text(400, "expected {\"ids\": [...]} or {\"all\": true}\n".into()),
+        }
+    }
+
+    /// Counts the spool for its gauges, dropping what has grown older than `spool.max_age_hours`: entries
+    /// age without any write to notice.
+    async fn count_spool(&self) {
+        if let Some(cfg) = &self.shared.live().config.spool {
+            let store = spool::Store::new(cfg);
+            let _ = tokio::task::spawn_blocking(move || store.prune(spool::now_ms())).await;
+        }
+    }
+
     /// Ready when the config is loaded, the JWKS are (with JWT), the webhook listener and the app accept
     /// TCP connections. One line per check, so that
     /// `kubectl describe` shows which one failed.

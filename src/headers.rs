@@ -16,6 +16,8 @@ pub const VERIFIED: &str = "X-Pps-Verified";
 pub const JWT_SUBJECT: &str = "X-Pps-Jwt-Subject";
 pub const JWT_ISSUER: &str = "X-Pps-Jwt-Issuer";
 pub const DUPLICATE: &str = "X-Pps-Duplicate";
+/// On a delivery re-sent from the spool (`crate::spool`).
+pub const REPLAYED: &str = "X-Pps-Replayed";
 pub const REQUEST_ID: &str = "X-Request-Id";
 pub const FORWARDED_FOR: &str = "X-Forwarded-For";
 pub const FORWARDED_PROTO: &str = "X-Forwarded-Proto";
@@ -33,12 +35,13 @@ mod lower {
 }
 
 /// Headers only the sidecar may set: whatever arrives under these names is dropped before the app sees it.
-const TRUSTED: [&str; 5] = [
+const TRUSTED: [&str; 6] = [
     VERIFIED,
     JWT_SUBJECT,
     JWT_ISSUER,
     TRIGGERED_AT_ORIGINAL,
     DUPLICATE,
+    REPLAYED,
 ];
 
 /// The identifying headers of one delivery, trimmed and checked.
@@ -225,6 +228,7 @@ fn dropped_on_forward(lowercase: &str) -> bool {
                 | "x-pps-jwt-issuer"
                 | "x-pps-triggered-at-original"
                 | "x-pps-duplicate"
+                | "x-pps-replayed"
                 | "x-pps-topic"
                 | "x-pps-sub-topic"
                 | "x-pps-tenant-id"
@@ -597,6 +601,7 @@ mod tests {
             ("X_Pps_Verified", "hmac"),
             ("x-pps_jwt_subject", "admin"),
             ("X-PPS-DUPLICATE", "true"),
+            ("x_pps_REPLAYED", "true"),
             ("proxy-authorization", "Basic x"),
             ("connection", "x-hop"),
             ("x-hop", "1"),
@@ -609,6 +614,7 @@ mod tests {
             "x_pps_verified",
             "x-pps_jwt_subject",
             "x-pps-duplicate",
+            "x_pps_replayed",
             "proxy-authorization",
             "connection",
             "x-hop",
@@ -621,12 +627,15 @@ mod tests {
             ("x-pps-webhook-id", "1"),
             ("x-pps-topic", "t"),
             ("X_Pps_Verified", "jwt"),
+            ("X-Pps-Replayed", "true"),
+            ("x_pps_replayed", "true"),
             ("x_pps_topic", "other"),
             ("proxy-authorization", "Basic x"),
         ]);
         let wire = head_as(&original, &Verified::Hmac).to_ascii_lowercase();
         assert!(!wire.contains("x_pps"), "{wire}");
         assert!(!wire.contains("proxy-authorization"), "{wire}");
+        assert!(!wire.contains("replayed"), "{wire}");
         assert!(wire.contains("x-pps-verified: hmac\r\n"), "{wire}");
     }
 

@@ -18,6 +18,7 @@ pub mod paths;
 pub mod process;
 pub mod proxy;
 pub mod server;
+pub mod spool;
 pub mod state;
 pub mod timefmt;
 pub mod upstream;

@@ -6,6 +6,8 @@ use clap::{Args, Parser, Subcommand};
 
 use pps_sidecar::auth::hmac;
 
+mod spool_cli;
+
 /// glibc's malloc showed as a tenth of the delivery path's CPU in profiles; mimalloc's thread-local
 /// free lists make the many small per-request allocations (headers, buffers) cheap.
 #[global_allocator]
@@ -31,6 +33,29 @@ enum Command {
     Check,
     /// Print the headers, or a curl command, of a correctly signed test delivery.
     Sign(Box<SignArgs>),
+    /// The dead-letter spool of deliveries the app refused (`[spool] dir`).
+    #[command(subcommand)]
+    Spool(SpoolCommand),
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// One line per entry, oldest first: id, time, app status, verification, tenant, topic, webhook id.
+    List,
+    /// An entry's metadata, then the request as the app received it, head and body.
+    Show { id: String },
+    /// Asks the running sidecar (its admin listener, from this host) to re-send entries to the app.
+    Replay {
+        ids: Vec<String>,
+        /// Every entry, oldest first.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Removes entries without replaying them.
+    Drop {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -79,6 +104,10 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Spool(cmd) => match load(cli.config) {
+            Ok(c) => spool_cli::run(&c, cmd),
+            Err(code) => code,
+        },
         Command::Sign(args) => match sign(*args) {
             Ok(out) => {
                 print!("{out}");
@@ -114,7 +143,7 @@ fn summary(c: &Config) -> String {
         })
         .collect();
     format!(
-        "{}: ok: listen {}, admin {}, app {}, paths {}, auth {}{}, dedup {}",
+        "{}: ok: listen {}, admin {}, app {}, paths {}, auth {}{}, dedup {}, spool {}",
         c.path.display(),
         c.server.listen,
         c.server.admin_listen,
@@ -131,6 +160,12 @@ fn summary(c: &Config) -> String {
         } else {
             "off".into()
         },
+        c.spool.as_ref().map_or("off".into(), |s| format!(
+            "{} (max {} bytes, {} h)",
+            s.dir.display(),
+            s.max_bytes,
+            s.max_age.as_secs() / 3_600
+        )),
     )
 }
 

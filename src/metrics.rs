@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::outcome::{Closed, Failure, Outcome};
+use crate::outcome::{Closed, Failure, Outcome, Replayed, SpoolDropped};
 
 /// Upper bounds of the latency histograms, in seconds. They reach past `upstream.read_timeout_ms` (30 s
 /// by default), so that an app answering just before its timeout lands in a bucket of its own instead of
@@ -37,6 +37,18 @@ pub struct Metrics {
     in_flight: AtomicI64,
     connections_closed: [AtomicU64; Closed::ALL.len()],
     open_connections: AtomicI64,
+    spool: SpoolMetrics,
+}
+
+/// The dead-letter spool's series: present, at 0, when the spool is off, so that an alert on them always
+/// names a series that exists.
+struct SpoolMetrics {
+    entries: AtomicU64,
+    bytes: AtomicU64,
+    written: AtomicU64,
+    write_failures: AtomicU64,
+    dropped: [AtomicU64; SpoolDropped::ALL.len()],
+    replayed: [AtomicU64; Replayed::ALL.len()],
 }
 
 /// The result label of reloads and JWKS refreshes.
@@ -66,7 +78,37 @@ impl Metrics {
             in_flight: AtomicI64::new(0),
             connections_closed: [const { AtomicU64::new(0) }; Closed::ALL.len()],
             open_connections: AtomicI64::new(0),
+            spool: SpoolMetrics {
+                entries: AtomicU64::new(0),
+                bytes: AtomicU64::new(0),
+                written: AtomicU64::new(0),
+                write_failures: AtomicU64::new(0),
+                dropped: [const { AtomicU64::new(0) }; SpoolDropped::ALL.len()],
+                replayed: [const { AtomicU64::new(0) }; Replayed::ALL.len()],
+            },
         }
+    }
+
+    /// What the spool holds now, as last counted by the sidecar.
+    pub fn spool_gauges(&self, entries: u64, bytes: u64) {
+        self.spool.entries.store(entries, Relaxed);
+        self.spool.bytes.store(bytes, Relaxed);
+    }
+
+    pub fn spool_written(&self) {
+        self.spool.written.fetch_add(1, Relaxed);
+    }
+
+    pub fn spool_write_failed(&self) {
+        self.spool.write_failures.fetch_add(1, Relaxed);
+    }
+
+    pub fn spool_dropped(&self, why: SpoolDropped) {
+        self.spool.dropped[why.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn spool_replayed(&self, result: Replayed) {
+        self.spool.replayed[result.index()].fetch_add(1, Relaxed);
     }
 
     pub fn request(&self, outcome: Outcome) {
@@ -186,6 +228,7 @@ impl Metrics {
             "version",
             [(env!("CARGO_PKG_VERSION"), 1)],
         );
+        self.spool.render(w);
         crate::process::render(w);
         out
     }
@@ -335,6 +378,68 @@ impl Metrics {
             header(w, meta);
             let _ = writeln!(w, "{} {value}", meta.0);
         }
+    }
+}
+
+impl SpoolMetrics {
+    fn render(&self, w: &mut String) {
+        for (meta, value) in [
+            (
+                (
+                    "pps_sidecar_spool_entries",
+                    "gauge",
+                    "Deliveries the app refused, kept in the spool for replay.",
+                ),
+                &self.entries,
+            ),
+            (
+                (
+                    "pps_sidecar_spool_bytes",
+                    "gauge",
+                    "Bytes the spool's entries take on disk (at most spool.max_bytes).",
+                ),
+                &self.bytes,
+            ),
+            (
+                (
+                    "pps_sidecar_spool_written_total",
+                    "counter",
+                    "Deliveries written to the spool.",
+                ),
+                &self.written,
+            ),
+            (
+                (
+                    "pps_sidecar_spool_write_failures_total",
+                    "counter",
+                    "Deliveries the spool should have kept but could not write.",
+                ),
+                &self.write_failures,
+            ),
+        ] {
+            header(w, meta);
+            let _ = writeln!(w, "{} {}", meta.0, load(value));
+        }
+        labelled(
+            w,
+            (
+                "pps_sidecar_spool_dropped_total",
+                "counter",
+                "Spool entries dropped unreplayed, by reason (spool.max_bytes, spool.max_age_hours).",
+            ),
+            "reason",
+            SpoolDropped::ALL.map(|d| (d.label(), load(&self.dropped[d.index()]))),
+        );
+        labelled(
+            w,
+            (
+                "pps_sidecar_spool_replayed_total",
+                "counter",
+                "Spool entries replayed, by result.",
+            ),
+            "result",
+            Replayed::ALL.map(|r| (r.label(), load(&self.replayed[r.index()]))),
+        );
     }
 }
 

@@ -86,6 +86,37 @@ labelled! {
     }
 }
 
+labelled! {
+    /// Why the spool removed an entry nobody replayed, for `pps_sidecar_spool_dropped_total{reason}`.
+    pub enum SpoolDropped {
+        /// The oldest, to stay within `spool.max_bytes`.
+        MaxBytes => "max_bytes",
+        /// Older than `spool.max_age_hours`.
+        MaxAge => "max_age",
+        /// The same event was spooled again since (its newest entry stays).
+        Superseded => "superseded",
+    }
+}
+
+labelled! {
+    /// What a replay of one spooled entry came to, for `pps_sidecar_spool_replayed_total{result}` and the
+    /// operator's `pps-sidecar spool replay`.
+    pub enum Replayed {
+        /// The app acknowledged it with a 2xx: the entry is removed.
+        Delivered => "delivered",
+        /// The event was acknowledged since (Pitchpoint's retry got through): not sent, entry removed.
+        Duplicate => "duplicate",
+        /// The app refused it again: the entry stays.
+        Refused => "refused",
+        /// The app could not be reached or did not answer in time: the entry stays.
+        Failed => "failed",
+        /// Another copy of the event is with the app right now: not sent, the entry stays.
+        Busy => "busy",
+        /// No such entry (dropped, replayed already, or a wrong id).
+        Missing => "missing",
+    }
+}
+
 impl Failure {
     /// Whether this failure proves the delivery is not authentic (`403`), rather than that the sidecar
     /// could not decide (`503`, so that Pitchpoint retries).

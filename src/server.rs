@@ -42,6 +42,9 @@ pub fn run(config: Config) -> ! {
         config.upstream.address
     );
     let dedup = dedup(&config);
+    if let Some(cfg) = &config.spool {
+        crate::spool::open(cfg);
+    }
     let shared = Arc::new(Shared::new(config, dedup));
 
     let webhooks = webhook_service(&server, &shared);

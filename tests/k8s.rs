@@ -161,7 +161,8 @@ async fn pod_config_from_the_configmap_processes_signed_forged_and_duplicate_del
 
     // The pod, mapped to loopback as k8s/README.md describes: the sidecar's 0.0.0.0:8080 and 0.0.0.0:9090
     // and the app's 127.0.0.1:3000 become free loopback ports, and the Secret mounted at
-    // /etc/pps-sidecar/secrets/hmac becomes a file in a temporary folder. Nothing else changes.
+    // /etc/pps-sidecar/secrets/hmac becomes a file in a temporary folder, the spool a folder in it.
+    // Nothing else changes.
     let [listen, admin, app] = free_addrs();
     let secret_file = dir.path().join("secrets").join("hmac");
     std::fs::create_dir_all(secret_file.parent().unwrap()).unwrap();
@@ -196,6 +197,13 @@ async fn pod_config_from_the_configmap_processes_signed_forged_and_duplicate_del
         &["file"],
         "/etc/pps-sidecar/secrets/hmac",
         secret_file.to_str().unwrap().to_string(),
+    );
+    // The spool's emptyDir at /var/spool/pps-sidecar becomes a folder in the temporary one.
+    remap(
+        &mut conf,
+        &["spool", "dir"],
+        "/var/spool/pps-sidecar",
+        dir.path().join("spool").to_str().unwrap().to_string(),
     );
     let config = dir.path().join("sidecar.toml");
     std::fs::write(&config, toml::to_string(&conf).unwrap()).unwrap();

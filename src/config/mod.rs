@@ -50,6 +50,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub auth: AuthConfig,
     pub dedup: DedupConfig,
+    /// `None`: no `spool.dir`, the spool is off.
+    pub spool: Option<SpoolConfig>,
     pub filters: FiltersConfig,
 }
 
@@ -215,6 +217,28 @@ pub struct DedupConfig {
     pub in_flight_wait: Duration,
 }
 
+/// The dead-letter spool of verified deliveries the app refused (`crate::spool`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// Absolute; exists and is writable (checked when the file is loaded).
+    pub dir: PathBuf,
+    /// Entries are dropped, oldest first, while they hold more than this.
+    pub max_bytes: u64,
+    /// Entries older than this are dropped.
+    pub max_age: Duration,
+    /// Also keep deliveries that ended without any 2xx (the app's 5xx, 502, 504), not only those the app
+    /// refused with a 4xx: Pitchpoint retries those itself, for a while.
+    pub include_failures: bool,
+}
+
+impl SpoolConfig {
+    /// Whether a verified delivery that ended with `status` is kept: the app refused it (a non-2xx that
+    /// Pitchpoint does not retry, a deferred 4xx included) or, with `include_failures`, any non-2xx.
+    pub fn keeps(&self, status: u16) -> bool {
+        !(200..300).contains(&status) && (status < 500 || self.include_failures)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct FiltersConfig {
     pub topics: Vec<String>,
@@ -371,6 +395,39 @@ mod tests {
         assert_eq!(e.key, "dedup.redis_prefix", "{e}");
         let ok = parse(&format!("{text}redis_prefix = \"orders:\"\n")).unwrap();
         assert_eq!(ok.dedup.redis_prefix, "orders:");
+    }
+
+    #[test]
+    fn the_spool_is_off_by_default_and_its_dir_is_created_private() {
+        assert!(parse(MINIMAL).unwrap().spool.is_none());
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("spool");
+        let c = parse(&format!("{MINIMAL}[spool]\ndir = \"{}\"\n", dir.display())).unwrap();
+        let s = c.spool.unwrap();
+        assert_eq!(
+            (s.max_bytes, s.max_age),
+            (104_857_600, Duration::from_secs(168 * 3600))
+        );
+        assert!(s.keeps(404) && s.keeps(400) && !s.keeps(200) && !s.keeps(503) && !s.keeps(502));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let e = parse(&format!("{MINIMAL}[spool]\ndir = \"relative/spool\"\n")).unwrap_err();
+        assert_eq!(e.key, "spool.dir", "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}[spool]\ndir = \"{}\"\n",
+            tmp.path().join("f/x").display()
+        ));
+        assert!(e.is_ok(), "parents are created too");
+        std::fs::write(tmp.path().join("file"), "").unwrap();
+        let e = parse(&format!(
+            "{MINIMAL}[spool]\ndir = \"{}\"\n",
+            tmp.path().join("file").display()
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "spool.dir", "{e}");
     }
 
     #[test]

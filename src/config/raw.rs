@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub webhooks: RawWebhooks,
     pub auth: RawAuth,
     pub dedup: RawDedup,
+    pub spool: RawSpool,
     pub filters: RawFilters,
 }
 
@@ -252,6 +253,27 @@ impl Default for RawDedup {
             redis_prefix: None,
             redis_timeout_ms: 250,
             in_flight_wait_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSpool {
+    /// Absent: no spool.
+    pub dir: Option<PathBuf>,
+    pub max_bytes: u64,
+    pub max_age_hours: u64,
+    pub include_failures: bool,
+}
+
+impl Default for RawSpool {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_bytes: 104_857_600,
+            max_age_hours: 168,
+            include_failures: false,
         }
     }
 }

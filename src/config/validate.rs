@@ -73,6 +73,7 @@ impl Validator<'_> {
             webhooks: self.webhooks(raw.webhooks)?,
             auth: self.auth(raw.auth)?,
             dedup: self.dedup(raw.dedup)?,
+            spool: self.spool(raw.spool)?,
             filters: FiltersConfig {
                 topics: trimmed(raw.filters.topics),
                 sub_topics: trimmed(raw.filters.sub_topics),
@@ -352,6 +353,28 @@ impl Validator<'_> {
 
     /// Two apps sharing one Redis under a default prefix would answer each other's events as duplicates:
     /// the prefix has no default.
+    fn spool(&self, raw: RawSpool) -> Result<Option<SpoolConfig>, ConfigError> {
+        let Some(dir) = raw.dir else {
+            return Ok(None);
+        };
+        if !dir.is_absolute() {
+            return Err(self.err("spool.dir", "must be an absolute path"));
+        }
+        if raw.max_bytes == 0 {
+            return Err(self.err("spool.max_bytes", "must be greater than 0"));
+        }
+        if !(1..=87_600).contains(&raw.max_age_hours) {
+            return Err(self.err("spool.max_age_hours", "must be between 1 and 87600"));
+        }
+        crate::spool::prepare_dir(&dir).map_err(|reason| self.err("spool.dir", reason))?;
+        Ok(Some(SpoolConfig {
+            dir,
+            max_bytes: raw.max_bytes,
+            max_age: Duration::from_secs(raw.max_age_hours * 3_600),
+            include_failures: raw.include_failures,
+        }))
+    }
+
     fn redis(&self, raw: &RawDedup) -> Result<(), ConfigError> {
         let Some(url) = &raw.redis_url else {
             return Err(self.err(

@@ -17,6 +17,7 @@ use crate::headers::{self, Delivery, Forwarding};
 use crate::limits::{BodyBudget, Reservation};
 use crate::metrics::METRICS;
 use crate::outcome::Outcome;
+use crate::spool;
 use crate::state::Live;
 use crate::upstream::{AppFailure, Exchange};
 
@@ -226,7 +227,8 @@ pub struct Sent<'a> {
 }
 
 /// Sends the delivery to the app and waits for its answer's head; settles the claim by that answer.
-/// An unverified delivery (shadow mode) is never remembered as done.
+/// An unverified delivery (shadow mode) is never remembered as done. A verified one the app refused is
+/// spooled (`spool.dir`) before the answer goes back.
 pub async fn forward(
     session: &Session,
     ctx: &mut Ctx,
@@ -251,10 +253,17 @@ pub async fn forward(
             body_len: body.len(),
         },
     );
+    let spooled = spool::Pending::new(cfg.spool.as_ref(), verified, &head);
     let sent_at = Instant::now();
     let result = live.app.send(head, body).await;
     let elapsed = sent_at.elapsed();
     ctx.app_time = Some(elapsed);
+    if let Some(pending) = spooled {
+        let status = result
+            .as_ref()
+            .map_or_else(|f| f.status(), Exchange::status);
+        pending.keep(status, delivery, body).await;
+    }
     match result {
         Ok(exchange) => {
             let status = exchange.status();

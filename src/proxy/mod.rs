@@ -12,6 +12,7 @@
 //!   filter          403 outside an allow-list                                deliver.rs
 //!   claim           duplicate: the remembered 2xx; in flight: 503            deliver.rs -> dedup/
 //!   forward         502 / 504 when the app fails; the claim is settled       deliver.rs -> upstream/
+//!                   a verified delivery the app refused: spooled             deliver.rs -> spool/
 //!   relay           the app's status, headers and body                       relay.rs
 //!        │
 //!   logging         one access line, the request counted by outcome          access_log.rs

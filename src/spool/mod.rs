@@ -1,0 +1,95 @@
+//! The dead-letter spool: verified deliveries the app refused, kept on disk so that an operator can
+//! re-send them once the app is fixed (`pps-sidecar spool replay`).
+//!
+//! Pitchpoint drops an event for good on a 4xx other than 403: without this, a 404 during a deploy or a
+//! 400 from a parsing bug loses the event silently. Off unless `spool.dir` is set: an entry holds the body
+//! at rest.
+//!
+//! `store` is the directory (atomic, bounded, private files); `replay` re-sends entries through the running
+//! sidecar, under the same dedup contract as a delivery. The proxy's only call is `Pending::keep`.
+
+mod index;
+mod replay;
+mod store;
+
+pub use replay::{ReplayRequest, is_loopback_peer, replay};
+pub use store::{Entry, Listed, Meta, Store, now_ms, prepare_dir};
+
+use crate::auth::Verified;
+use crate::config::SpoolConfig;
+use crate::headers::Delivery;
+use crate::metrics::METRICS;
+
+/// At start: removes what a crash left half-written, applies the bounds, and sets the gauges.
+pub fn open(cfg: &SpoolConfig) {
+    let store = Store::new(cfg);
+    let removed = store.open();
+    let (entries, bytes) = store.enforce(now_ms());
+    log::info!(
+        "spool at {}: {entries} entries, {bytes} bytes ({removed} partial writes removed)",
+        cfg.dir.display()
+    );
+}
+
+/// A verified delivery on its way to the app, ready to be spooled if the app refuses it.
+pub struct Pending {
+    cfg: SpoolConfig,
+    verified: &'static str,
+    head: Vec<u8>,
+}
+
+impl Pending {
+    /// `None` when there is no spool, or when the delivery is not verified (shadow mode): only a delivery
+    /// that passed verification is ever kept.
+    pub fn new(
+        cfg: Option<&SpoolConfig>,
+        verified: Option<&Verified>,
+        head: &[u8],
+    ) -> Option<Self> {
+        Some(Self {
+            cfg: cfg?.clone(),
+            verified: verified?.label(),
+            head: head.to_vec(),
+        })
+    }
+
+    /// Spools the delivery when `status` (the app's, or 502 / 504) is one the spool keeps. The entry is on
+    /// disk when this returns, before Pitchpoint is answered; a failure is logged and counted and changes
+    /// nothing in that answer.
+    pub async fn keep(self, status: u16, delivery: &Delivery, body: &bytes::Bytes) {
+        if !self.cfg.keeps(status) {
+            return;
+        }
+        let meta = Meta {
+            time_ms: now_ms(),
+            status,
+            verified: self.verified.to_string(),
+            tenant: delivery.tenant.clone(),
+            webhook_id: delivery.webhook_id.clone(),
+            topic: delivery.topic.clone(),
+            head_len: 0,
+            body_len: 0,
+        };
+        let webhook_id = delivery.webhook_id.clone();
+        let body = body.clone();
+        let store = Store::new(&self.cfg);
+        let head = self.head;
+        let written = tokio::task::spawn_blocking(move || store.write(meta, &head, &body)).await;
+        match written {
+            Ok(Ok(id)) => log::info!(
+                "spool: app answered {status}: kept as entry {id}, webhook id {webhook_id}"
+            ),
+            Ok(Err(e)) => {
+                METRICS.spool_write_failed();
+                log::error!(
+                    "spool: cannot keep webhook id {webhook_id} (app answered {status}): {}",
+                    e.kind()
+                );
+            }
+            Err(_) => {
+                METRICS.spool_write_failed();
+                log::error!("spool: cannot keep webhook id {webhook_id}: the write task failed");
+            }
+        }
+    }
+}

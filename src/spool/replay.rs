@@ -1,0 +1,158 @@
+//! Re-sending spooled entries to the app, asked over the admin listener (`POST /spool/replay`) by
+//! `pps-sidecar spool replay`.
+//!
+//! A replay is a delivery under the same contract: its key is claimed first, so an event the app
+//! acknowledged since (Pitchpoint's retry got through) is not sent again, and one with the app right now is
+//! left for later. The entry goes as it arrived, verification included, plus `X-Pps-Replayed: true`.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::store::{Listed, Store, now_ms};
+use crate::config::SpoolConfig;
+use crate::dedup::{Claim, ClaimGuard};
+use crate::headers;
+use crate::metrics::METRICS;
+use crate::outcome::Replayed;
+use crate::state::Shared;
+
+/// The body of `POST /spool/replay`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ReplayRequest {
+    #[serde(default)]
+    pub ids: Vec<String>,
+    /// Every entry, oldest first (`ids` is then ignored).
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// Only a peer on this host (`kubectl exec` into the pod) may ask for a replay: the admin listener is
+/// open to the cluster for probes and scrapes, and a replay sends stored deliveries to the app.
+pub fn is_loopback_peer(peer: Option<SocketAddr>) -> bool {
+    peer.is_some_and(|p| p.ip().to_canonical().is_loopback())
+}
+
+/// Replays the entries asked for, one after the other; one line per entry: `ID RESULT [STATUS]`.
+pub async fn replay(shared: &Shared, cfg: &SpoolConfig, req: ReplayRequest) -> String {
+    let store = Store::new(cfg);
+    let ids = if req.all {
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.list())
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l: Listed| l.id)
+            .collect()
+    } else {
+        req.ids
+    };
+    let mut out = String::new();
+    for id in ids {
+        let (result, status) = one(shared, &store, &id).await;
+        METRICS.spool_replayed(result);
+        log::info!("spool: replay of entry {id}: {}", result.label());
+        out.push_str(&id);
+        out.push(' ');
+        out.push_str(result.label());
+        if let Some(s) = status {
+            out.push_str(&format!(" {s}"));
+        }
+        out.push('\n');
+    }
+    let s = store.clone();
+    let _ = tokio::task::spawn_blocking(move || s.enforce(now_ms())).await;
+    out
+}
+
+/// Replays one entry; removes it when the app acknowledged it or had already.
+async fn one(shared: &Shared, store: &Store, id: &str) -> (Replayed, Option<u16>) {
+    let (s, owned) = (store.clone(), id.to_string());
+    let Ok(Ok(entry)) = tokio::task::spawn_blocking(move || s.read(&owned)).await else {
+        return (Replayed::Missing, None);
+    };
+    let live = shared.live();
+    let guard = if live.config.dedup.enabled {
+        match shared.dedup.claim(entry.meta.dedup_key()).await {
+            Claim::Acquired(g) => Some(g),
+            Claim::Duplicate(status) => {
+                remove(store, id).await;
+                return (Replayed::Duplicate, Some(status));
+            }
+            Claim::Busy => return (Replayed::Busy, None),
+        }
+    } else {
+        None
+    };
+    let head = replayed_head(entry.head);
+    let answer = live.app.send(head, &entry.body.into()).await;
+    let (status, failed) = match &answer {
+        Ok(exchange) => (exchange.status(), false),
+        Err(failure) => (failure.status(), true),
+    };
+    // The answer's body is not read: dropping the exchange closes its connection.
+    drop(answer);
+    settle(guard, status).await;
+    if (200..300).contains(&status) {
+        remove(store, id).await;
+        (Replayed::Delivered, Some(status))
+    } else if failed {
+        (Replayed::Failed, Some(status))
+    } else {
+        (Replayed::Refused, Some(status))
+    }
+}
+
+async fn settle(guard: Option<ClaimGuard>, status: u16) {
+    if let Some(g) = guard {
+        g.settle(status).await;
+    }
+}
+
+async fn remove(store: &Store, id: &str) {
+    let (s, id) = (store.clone(), id.to_string());
+    let _ = tokio::task::spawn_blocking(move || s.remove(&id)).await;
+}
+
+/// The head as it was sent, plus `X-Pps-Replayed: true` (a trust header: none arrives from outside).
+fn replayed_head(mut head: Vec<u8>) -> Vec<u8> {
+    if head.ends_with(b"\r\n\r\n") {
+        head.truncate(head.len() - 2);
+    }
+    head.extend_from_slice(headers::REPLAYED.as_bytes());
+    head.extend_from_slice(b": true\r\n\r\n");
+    head
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_loopback_peer_may_ask_for_a_replay() {
+        for ok in ["127.0.0.1:5", "[::1]:5", "[::ffff:127.0.0.1]:5"] {
+            assert!(is_loopback_peer(Some(ok.parse().unwrap())), "{ok}");
+        }
+        for no in [
+            "10.0.0.7:5",
+            "[fe80::1]:5",
+            "0.0.0.0:5",
+            "[::ffff:10.0.0.1]:5",
+        ] {
+            assert!(!is_loopback_peer(Some(no.parse().unwrap())), "{no}");
+        }
+        assert!(
+            !is_loopback_peer(None),
+            "a Unix socket peer or an unknown one"
+        );
+    }
+
+    #[test]
+    fn a_replayed_head_says_so_as_its_last_header() {
+        let head = b"POST /webhooks HTTP/1.1\r\nX-Pps-Verified: hmac\r\n\r\n".to_vec();
+        assert_eq!(
+            replayed_head(head),
+            b"POST /webhooks HTTP/1.1\r\nX-Pps-Verified: hmac\r\nX-Pps-Replayed: true\r\n\r\n"
+        );
+    }
+}
