@@ -366,3 +366,25 @@ async fn issuer_allow_lists_refuse_other_subjects_and_unverified_emails() {
     assert_eq!(r.status, 403);
     assert_eq!(app.count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_jwt_only_a_sender_without_a_valid_token_is_refused_before_its_body_is_read() {
+    let key = TestKey::generate("k1");
+    let issuer = TestIssuer::start("my-project", &[&key]).await;
+    let app = TestApp::start().await;
+    let sidecar = jwt_sidecar(&app, &issuer, "").await;
+    // A head declaring a megabyte, and no body at all: the answer must not wait for it.
+    for auth in ["", "Authorization: Bearer not.a.token\r\n"] {
+        let head = format!(
+            "POST /webhooks HTTP/1.1\r\nHost: x\r\nX-Pps-Topic: t\r\nX-Pps-Webhook-Id: 1\r\n{auth}\
+             Content-Length: 1000000\r\n\r\n"
+        );
+        let mut conn = Conn::open(sidecar.addr).await;
+        conn.write(head.as_bytes()).await;
+        let r = conn.read().await.expect("an answer before any body byte");
+        assert_eq!(r.status, 403);
+    }
+    let m = sidecar.admin_get("/metrics").await.text();
+    assert_eq!(metric(&m, "pps_sidecar_buffered_bytes"), 0.0);
+    assert_eq!(app.count(), 0);
+}

@@ -9,10 +9,6 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn metrics(sidecar: &Sidecar) -> String {
-    sidecar.admin_get("/metrics").await.text()
-}
-
 /// A signed delivery of `len` bytes, as wire bytes, and where its body starts.
 fn upload(len: usize) -> (Vec<u8>, usize) {
     let bytes = Delivery::new(vec![b'x'; len]).bytes();
@@ -81,7 +77,7 @@ async fn a_head_trickled_past_the_header_timeout_is_closed() {
     assert!(matches!(end, Ok(Ok(0)) | Ok(Err(_))), "still open: {end:?}");
     trickle.abort();
     assert_eq!(app.count(), 0);
-    let m = metrics(&sidecar).await;
+    let m = sidecar.metrics().await;
     assert_eq!(
         metric(
             &m,
@@ -117,7 +113,7 @@ async fn a_body_trickled_past_the_body_timeout_gets_408_and_the_app_is_not_conta
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(app.count(), 0);
-    let m = metrics(&sidecar).await;
+    let m = sidecar.metrics().await;
     assert_eq!(
         metric(&m, "pps_sidecar_requests_total{outcome=\"timeout\"}"),
         1.0
@@ -140,7 +136,7 @@ async fn stalled_uploads_past_the_memory_budget_get_503_and_the_held_bytes_stay_
         stalled.push(s);
     }
     eventually("both uploads hold their share", || async {
-        metric(&metrics(&sidecar).await, "pps_sidecar_buffered_bytes") == 180_000.0
+        metric(&sidecar.metrics().await, "pps_sidecar_buffered_bytes") == 180_000.0
     })
     .await;
     let mut third = TcpStream::connect(sidecar.addr).await.unwrap();
@@ -149,7 +145,7 @@ async fn stalled_uploads_past_the_memory_budget_get_503_and_the_held_bytes_stay_
     let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
     assert!(answer.starts_with("http/1.1 503"), "{answer}");
     assert!(answer.contains("retry-after:"), "{answer}");
-    let m = metrics(&sidecar).await;
+    let m = sidecar.metrics().await;
     assert!(metric(&m, "pps_sidecar_buffered_bytes") <= 200_000.0);
     assert_eq!(
         metric(&m, "pps_sidecar_requests_total{outcome=\"overloaded\"}"),
@@ -158,7 +154,7 @@ async fn stalled_uploads_past_the_memory_budget_get_503_and_the_held_bytes_stay_
 
     drop(stalled);
     eventually("the shares are given back", || async {
-        metric(&metrics(&sidecar).await, "pps_sidecar_buffered_bytes") == 0.0
+        metric(&sidecar.metrics().await, "pps_sidecar_buffered_bytes") == 0.0
     })
     .await;
     assert_eq!(sidecar.send(&Delivery::json()).await.status, 200);
@@ -177,7 +173,7 @@ async fn a_chunked_body_growing_past_the_budget_gets_503() {
     let mut stalled = TcpStream::connect(sidecar.addr).await.unwrap();
     stalled.write_all(&bytes[..body_at + 10]).await.unwrap();
     eventually("the stalled upload holds its share", || async {
-        metric(&metrics(&sidecar).await, "pps_sidecar_buffered_bytes") == 150_000.0
+        metric(&sidecar.metrics().await, "pps_sidecar_buffered_bytes") == 150_000.0
     })
     .await;
     let mut d = Delivery::new(vec![b'y'; 120_000]);
@@ -203,13 +199,13 @@ async fn a_flood_of_stalled_one_megabyte_uploads_keeps_memory_far_below_the_pod_
     }
     // 32 declared mebibytes fill the default 32 MiB budget; the other 48 are refused.
     eventually("the budget is full and the rest refused", || async {
-        let m = metrics(&sidecar).await;
+        let m = sidecar.metrics().await;
         metric(&m, "pps_sidecar_buffered_bytes") == 32.0 * 1_048_576.0
             && metric(&m, "pps_sidecar_requests_total{outcome=\"overloaded\"}") == 48.0
     })
     .await;
     let rss = vm_rss_bytes(sidecar.pid());
-    let m = metrics(&sidecar).await;
+    let m = sidecar.metrics().await;
     eprintln!(
         "RSS {:.1} MiB (baseline {:.1} MiB), held {:.1} MiB, overloaded {}",
         rss as f64 / 1048576.0,
@@ -248,7 +244,7 @@ async fn hundreds_of_slow_connections_do_not_keep_a_valid_delivery_out() {
         slow.push(s);
     }
     eventually("every slow connection is open", || async {
-        metric(&metrics(&sidecar).await, "pps_sidecar_open_connections") >= 300.0
+        metric(&sidecar.metrics().await, "pps_sidecar_open_connections") >= 300.0
     })
     .await;
     assert_eq!(sidecar.send(&Delivery::json()).await.status, 200);
@@ -269,7 +265,7 @@ async fn connections_past_max_connections_are_closed_as_they_are_accepted() {
         held.push(TcpStream::connect(sidecar.addr).await.unwrap());
     }
     eventually("five connections are open", || async {
-        metric(&metrics(&sidecar).await, "pps_sidecar_open_connections") == 5.0
+        metric(&sidecar.metrics().await, "pps_sidecar_open_connections") == 5.0
     })
     .await;
     let mut sixth = TcpStream::connect(sidecar.addr).await.unwrap();
@@ -278,7 +274,7 @@ async fn connections_past_max_connections_are_closed_as_they_are_accepted() {
         Some(Vec::new()),
         "closed unanswered"
     );
-    let m = metrics(&sidecar).await;
+    let m = sidecar.metrics().await;
     assert_eq!(
         metric(
             &m,
@@ -339,7 +335,7 @@ async fn heads_past_max_header_bytes_are_cut_and_hundreds_of_them_stay_within_me
         conns.push(w.await.unwrap());
     }
     eventually("every over-long head is cut", || async {
-        metric(&metrics(&sidecar).await, "pps_sidecar_open_connections") == 0.0
+        metric(&sidecar.metrics().await, "pps_sidecar_open_connections") == 0.0
     })
     .await;
     let rss = vm_rss_bytes(sidecar.pid());

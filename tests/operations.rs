@@ -15,12 +15,6 @@ fn signal(sidecar: &Sidecar, sig: &str) {
     assert!(ok, "kill -{sig}");
 }
 
-async fn metrics(sidecar: &Sidecar) -> String {
-    let r = sidecar.admin_get("/metrics").await;
-    assert_eq!(r.status, 200);
-    r.text()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_counters_move_by_exactly_one_per_outcome() {
     let app = TestApp::start().await;
@@ -37,7 +31,7 @@ async fn request_counters_move_by_exactly_one_per_outcome() {
         "not_found",
     ];
     let series = |o: &str| format!("pps_sidecar_requests_total{{outcome=\"{o}\"}}");
-    let before = metrics(&sidecar).await;
+    let before = sidecar.metrics().await;
 
     let d = Delivery::json();
     assert_eq!(sidecar.send(&d).await.status, 200);
@@ -59,10 +53,10 @@ async fn request_counters_move_by_exactly_one_per_outcome() {
     // Counted just after each answer is written: wait for the last one, then compare them all.
     let moved = |text: &str, o: &str| metric(text, &series(o)) - metric(&before, &series(o));
     eventually("the last request is counted", || async {
-        moved(&metrics(&sidecar).await, "upstream_error") >= 1.0
+        moved(&sidecar.metrics().await, "upstream_error") >= 1.0
     })
     .await;
-    let after = metrics(&sidecar).await;
+    let after = sidecar.metrics().await;
     for o in outcomes {
         let expected = if ["bad_request", "filtered", "not_found"].contains(&o) {
             0.0
@@ -147,7 +141,7 @@ async fn secret_rotated_by_a_kubernetes_symlink_swap_works_without_a_signal() {
         403,
         "the replaced secret no longer verifies"
     );
-    let m = metrics(&sidecar).await;
+    let m = sidecar.metrics().await;
     assert_eq!(
         metric(&m, "pps_sidecar_config_reloads_total{result=\"success\"}"),
         1.0
@@ -169,7 +163,7 @@ async fn sighup_reloads_the_config_and_keeps_the_dedup_cache() {
     signal(&sidecar, "HUP");
     eventually("the reload is counted", || async {
         metric(
-            &metrics(&sidecar).await,
+            &sidecar.metrics().await,
             "pps_sidecar_config_reloads_total{result=\"success\"}",
         ) >= 1.0
     })
@@ -199,7 +193,7 @@ async fn broken_config_is_refused_counted_and_the_old_one_keeps_serving() {
     signal(&sidecar, "HUP");
     eventually("the failed reload is counted", || async {
         metric(
-            &metrics(&sidecar).await,
+            &sidecar.metrics().await,
             "pps_sidecar_config_reloads_total{result=\"failure\"}",
         ) >= 1.0
     })
@@ -248,7 +242,7 @@ async fn shadow_mode_forwards_a_forged_delivery_marked_none_and_counts_it() {
     let r = sidecar.send(&Delivery::json()).await;
     assert_eq!(r.status, 200);
     assert_eq!(app.requests()[1].exact("X-Pps-Verified"), Some("hmac"));
-    let m = metrics(&sidecar).await;
+    let m = sidecar.metrics().await;
     assert_eq!(
         metric(
             &m,
@@ -301,7 +295,7 @@ async fn a_config_waiting_for_its_new_secret_file_is_applied_when_the_file_appea
     std::fs::rename(&tmp, &path).unwrap();
     eventually("the reload is refused for the missing file", || async {
         metric(
-            &metrics(&sidecar).await,
+            &sidecar.metrics().await,
             "pps_sidecar_config_reloads_total{result=\"failure\"}",
         ) >= 1.0
     })
@@ -321,7 +315,7 @@ async fn a_config_waiting_for_its_new_secret_file_is_applied_when_the_file_appea
             == 200
     })
     .await;
-    let m = metrics(&sidecar).await;
+    let m = sidecar.metrics().await;
     assert_eq!(
         metric(&m, "pps_sidecar_config_reloads_total{result=\"failure\"}"),
         1.0,

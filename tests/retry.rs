@@ -5,10 +5,6 @@ mod common;
 
 use common::*;
 
-async fn metrics(sidecar: &Sidecar) -> String {
-    sidecar.admin_get("/metrics").await.text()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_retry_an_app_404_becomes_503_and_pitchpoints_retry_reaches_the_fixed_app() {
     let app = TestApp::start().await;
@@ -26,7 +22,7 @@ async fn with_retry_an_app_404_becomes_503_and_pitchpoints_retry_reaches_the_fix
     );
     assert_eq!(r.get("x-pps-duplicate"), None);
     assert_eq!(app.count(), 2);
-    let m = metrics(&sidecar).await;
+    let m = sidecar.metrics().await;
     assert_eq!(
         metric(&m, "pps_sidecar_requests_total{outcome=\"deferred\"}"),
         1.0

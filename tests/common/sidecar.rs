@@ -128,6 +128,13 @@ impl Sidecar {
             .expect("the admin endpoint answers")
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let r = self.admin_get("/metrics").await;
+        assert_eq!(r.status, 200);
+        r.text()
+    }
+
     pub fn pid(&self) -> u32 {
         self.proc.pid()
     }
