@@ -169,11 +169,9 @@ impl ProxyHttp for Sidecar {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if ctx.status == 0 {
-            ctx.status = session
-                .response_written()
-                .map(|r| r.status.as_u16())
-                .unwrap_or(0);
+        // What the sender got: Pingora's own error answer when relaying failed after the app's head.
+        if let Some(written) = session.response_written() {
+            ctx.status = written.status.as_u16();
         }
         if ctx.outcome == Some(Outcome::Forwarded) && (ctx.status >= 500 || e.is_some()) {
             ctx.outcome = Some(Outcome::UpstreamError);
