@@ -242,3 +242,30 @@ async fn hop_by_hop_headers_of_the_apps_answer_never_reach_the_sender() {
         assert_eq!(r.get("proxy-authenticate"), None);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_answer_is_a_502_and_the_retry_of_the_event_reaches_the_app() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let d = Delivery::json();
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        app.set(Behaviour::Raw {
+            answer,
+            close: true,
+        });
+        let r = sidecar.send(&d).await;
+        assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(answer));
+        assert_eq!(r.get("x-pps-duplicate"), None);
+    }
+    app.set(Behaviour::Answer(200));
+    let r = sidecar.send(&d).await;
+    assert_eq!(
+        r.status, 200,
+        "the claim was released: the retry is not a duplicate"
+    );
+    assert_eq!(r.get("x-pps-duplicate"), None);
+    assert_eq!(app.count(), 3);
+}

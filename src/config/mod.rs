@@ -110,12 +110,14 @@ impl UpstreamConfig {
 }
 
 /// How long one exchange with the app may take, and how long a dedup claim lives: the one place that
-/// states the rule "a claim outlives the whole exchange", so that a copy retried by the sender can never
-/// find the claim expired while the first copy is still with the app.
+/// states the rule "a claim outlives the whole exchange, the app's answer read to its end", so that a copy
+/// retried by the sender can never find the claim expired while the first copy is still with the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {
     /// Connect, write, and every wait for the answer's head, informational answers included.
     pub exchange: Duration,
+    /// The answer's body, read and relayed: the claim is settled at its end.
+    pub answer_body: Duration,
     /// A claim whose owner vanished (a crash, a lost release) blocks its key this long, at most.
     pub claim: Duration,
 }
@@ -127,9 +129,11 @@ impl Deadlines {
 
     fn new(connect: Duration, read: Duration) -> Self {
         let exchange = connect + read * 2;
+        let answer_body = read * 2;
         Self {
             exchange,
-            claim: exchange + Self::CLAIM_MARGIN,
+            answer_body,
+            claim: exchange + answer_body + Self::CLAIM_MARGIN,
         }
     }
 
@@ -138,6 +142,7 @@ impl Deadlines {
     pub fn within(self, startup: Deadlines) -> Deadlines {
         Deadlines {
             exchange: self.exchange.min(startup.exchange),
+            answer_body: self.answer_body.min(startup.answer_body),
             claim: startup.claim,
         }
     }
@@ -444,7 +449,7 @@ mod tests {
     fn a_claim_outlives_the_whole_exchange_even_after_a_reload_raises_the_timeouts() {
         let startup = parse(MINIMAL).unwrap().upstream.deadlines();
         assert_eq!(startup.exchange, Duration::from_millis(2_000 + 2 * 30_000));
-        assert!(startup.claim > startup.exchange);
+        assert!(startup.claim > startup.exchange + startup.answer_body);
         let with_read = |ms: u64| {
             parse(&format!(
                 "[upstream]\naddress = \"127.0.0.1:3000\"\nread_timeout_ms = {ms}\n\

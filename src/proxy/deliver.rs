@@ -226,8 +226,35 @@ pub struct Sent<'a> {
     pub body: &'a Bytes,
 }
 
-/// Sends the delivery to the app and waits for its answer's head; settles the claim by that answer.
-/// An unverified delivery (shadow mode) is never remembered as done. A verified one the app refused is
+/// The app's answer, its head arrived, and the claim to settle once its body has come whole.
+pub struct Forwarded {
+    pub exchange: Exchange,
+    pub claim: Option<Settle>,
+}
+
+/// A claim waiting for the end of the app's answer.
+pub struct Settle {
+    guard: ClaimGuard,
+    /// Whether an acknowledgement marks the event done (not for an unverified delivery).
+    commit: bool,
+}
+
+impl Settle {
+    /// The app answered `status`, and its answer came `whole` (a body cut short or malformed is no
+    /// acknowledgement: the claim is released and Pitchpoint's retry goes through).
+    pub async fn after(settle: Option<Settle>, status: u16, whole: bool) {
+        if let Some(Settle { guard, commit }) = settle {
+            if commit && whole {
+                guard.settle(status).await;
+            } else {
+                guard.release().await;
+            }
+        }
+    }
+}
+
+/// Sends the delivery to the app and waits for its answer's head. The claim is settled when the app's
+/// answer is whole (`Settle`), or at once when the app could not answer. A verified one the app refused is
 /// spooled (`spool.dir`) before the answer goes back.
 pub async fn forward(
     session: &Session,
@@ -235,7 +262,7 @@ pub async fn forward(
     live: &Live,
     sent: Sent<'_>,
     claim: Option<ClaimGuard>,
-) -> Result<Exchange, Reply> {
+) -> Result<Forwarded, Reply> {
     let Sent {
         delivery,
         verified,
@@ -268,20 +295,21 @@ pub async fn forward(
         Ok(exchange) => {
             let status = exchange.status();
             METRICS.app_response(status, elapsed);
-            match (claim, verified) {
-                (Some(guard), Some(_)) => guard.settle(status).await,
-                (Some(guard), None) => guard.release().await,
-                (None, _) => {}
-            }
+            // An unverified delivery (shadow mode) is never remembered as done.
+            let claim = claim.map(|guard| Settle {
+                guard,
+                commit: verified.is_some(),
+            });
             if cfg.upstream.defers(status) {
                 // The answer is not relayed; its connection is closed with the exchange.
                 log::info!("app answered {status}: deferred as 503 (upstream.app_4xx = \"retry\")");
+                Settle::after(claim, status, true).await;
                 return Err(Reply::retry_later(
                     Outcome::Deferred,
                     "the app refused the delivery; retry later\n",
                 ));
             }
-            Ok(exchange)
+            Ok(Forwarded { exchange, claim })
         }
         Err(failure) => {
             METRICS.observe_upstream(elapsed);

@@ -45,7 +45,6 @@ use crate::metrics::{InFlight, METRICS};
 use crate::outcome::Outcome;
 use crate::paths::Route;
 use crate::state::{Live, Shared};
-use crate::upstream::Exchange;
 use reply::Reply;
 
 pub struct Sidecar {
@@ -188,16 +187,29 @@ impl Sidecar {
     /// One delivery, step by step (see the module header).
     async fn deliver(&self, session: &mut Session, ctx: &mut Ctx, live: &Live) -> Result<()> {
         match self.steps(session, ctx, live).await {
-            Ok(exchange) => {
+            Ok(forwarded) => {
                 // An app 5xx makes Pitchpoint retry, as a 502 or 504 would: both count as upstream errors.
-                let status = exchange.status();
+                let status = forwarded.exchange.status();
                 let outcome = if status >= 500 {
                     Outcome::UpstreamError
                 } else {
                     Outcome::Forwarded
                 };
                 ctx.ended(status, outcome);
-                relay::relay(session, ctx, &live.app, exchange).await
+                // Bounded, so that the claim outlives it (`config::Deadlines`).
+                let relaying = relay::relay(session, ctx, &live.app, forwarded.exchange);
+                let relayed = tokio::time::timeout(live.deadlines.answer_body, relaying)
+                    .await
+                    .unwrap_or_else(|_| {
+                        log::warn!("app answer body not whole in time");
+                        Err(relay::RelayError::App(Error::explain(
+                            ErrorType::ReadTimedout,
+                            "the app's answer body",
+                        )))
+                    });
+                let whole = !matches!(relayed, Err(relay::RelayError::App(_)));
+                deliver::Settle::after(forwarded.claim, status, whole).await;
+                relayed.map_err(relay::RelayError::into_inner)
             }
             Err(reply) => reply.send(session, ctx).await,
         }
@@ -208,7 +220,7 @@ impl Sidecar {
         session: &mut Session,
         ctx: &mut Ctx,
         live: &Live,
-    ) -> Result<Exchange, Reply> {
+    ) -> Result<deliver::Forwarded, Reply> {
         let cfg = &live.config;
         let declared = deliver::admit(session.req_header(), cfg)?;
         // A token alone proves a delivery: with JWT only, an unauthenticated sender costs no body memory.
@@ -238,7 +250,7 @@ impl Sidecar {
         delivery: &Delivery,
         verified: Option<Verified>,
         body: deliver::Body,
-    ) -> Result<Exchange, Reply> {
+    ) -> Result<deliver::Forwarded, Reply> {
         deliver::filter(&live.config.filters, delivery)?;
         let claim = deliver::claim(&self.shared.dedup, &live.config, delivery).await?;
         let sent = deliver::Sent {
