@@ -114,6 +114,9 @@ labelled! {
         Busy => "busy",
         /// No such entry (dropped, replayed already, or a wrong id).
         Missing => "missing",
+        /// Older than `dedup.ttl_seconds`: whether the app acknowledged it since can no longer be known,
+        /// so it is not sent; the entry stays for an operator to look at (`spool show`).
+        Expired => "expired",
     }
 }
 

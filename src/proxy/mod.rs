@@ -209,6 +209,13 @@ impl Sidecar {
                     });
                 let whole = !matches!(relayed, Err(relay::RelayError::App(_)));
                 deliver::Settle::after(forwarded.claim, status, whole).await;
+                if let (true, Some(spool), Some(d)) = (
+                    whole && (200..300).contains(&status),
+                    &live.config.spool,
+                    &ctx.delivery,
+                ) {
+                    crate::spool::acknowledged(spool, &d.dedup_key()).await;
+                }
                 relayed.map_err(relay::RelayError::into_inner)
             }
             Err(reply) => reply.send(session, ctx).await,

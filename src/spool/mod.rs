@@ -31,6 +31,22 @@ pub fn open(cfg: &SpoolConfig) {
     );
 }
 
+/// The app acknowledged the event with `key` (a retry got through): an entry of it is dropped, so that no
+/// replay can deliver it a second time.
+pub async fn acknowledged(cfg: &SpoolConfig, key: &str) {
+    let id = index::lock()
+        .as_ref()
+        .filter(|i| i.dir == cfg.dir)
+        .and_then(|i| i.by_key.get(key).cloned());
+    if let Some(id) = id {
+        let store = Store::new(cfg);
+        let removed = tokio::task::spawn_blocking(move || store.remove(&id)).await;
+        if removed.unwrap_or(false) {
+            log::info!("spool: an entry was dropped: its event is acknowledged now");
+        }
+    }
+}
+
 /// A verified delivery on its way to the app, ready to be spooled if the app refuses it.
 pub struct Pending {
     cfg: SpoolConfig,
@@ -70,7 +86,9 @@ impl Pending {
             head_len: 0,
             body_len: 0,
         };
-        let webhook_id = delivery.webhook_id.clone();
+        // Quoted: it comes from the sender, and goes into log lines.
+        let mut webhook_id = String::new();
+        crate::logging::quote(&mut webhook_id, &delivery.webhook_id);
         let body = body.clone();
         let store = Store::new(&self.cfg);
         let head = self.head;

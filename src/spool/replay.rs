@@ -51,7 +51,9 @@ pub async fn replay(shared: &Shared, cfg: &SpoolConfig, req: ReplayRequest) -> S
     for id in ids {
         let (result, status) = one(shared, &store, &id).await;
         METRICS.spool_replayed(result);
-        log::info!("spool: replay of entry {id}: {}", result.label());
+        let mut shown = String::new();
+        crate::logging::quote(&mut shown, &id);
+        log::info!("spool: replay of entry {shown}: {}", result.label());
         out.push_str(&id);
         out.push(' ');
         out.push_str(result.label());
@@ -72,6 +74,12 @@ async fn one(shared: &Shared, store: &Store, id: &str) -> (Replayed, Option<u16>
         return (Replayed::Missing, None);
     };
     let live = shared.live();
+    // Past the dedup TTL an acknowledgement since (a retry that got through) is forgotten: a replay could
+    // deliver the event twice.
+    let age_ms = now_ms().saturating_sub(entry.meta.time_ms);
+    if live.config.dedup.enabled && u128::from(age_ms) > live.config.dedup.ttl.as_millis() {
+        return (Replayed::Expired, None);
+    }
     let guard = if live.config.dedup.enabled {
         match shared.dedup.claim(entry.meta.dedup_key()).await {
             Claim::Acquired(g) => Some(g),

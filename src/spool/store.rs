@@ -225,12 +225,9 @@ impl Store {
     }
 
     fn drop_entry(&self, idx: &mut Index, id: &str, reason: SpoolDropped) {
-        let webhook_id = idx
-            .entries
-            .get(id)
-            .and_then(|i| i.key.split('\n').nth(1))
-            .unwrap_or("")
-            .to_string();
+        let mut webhook_id = String::new();
+        let raw = idx.entries.get(id).and_then(|i| i.key.split('\n').nth(1));
+        crate::logging::quote(&mut webhook_id, raw.unwrap_or(""));
         idx.remove(id);
         if self.checked_path(id).and_then(fs::remove_file).is_ok() {
             METRICS.spool_dropped(reason);
@@ -325,7 +322,16 @@ fn parse_meta(r: &mut impl BufRead, size: u64) -> io::Result<(Meta, usize)> {
     r.take(64 * 1024).read_until(b'\n', &mut line)?;
     let meta: Meta = serde_json::from_slice(&line)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not an entry"))?;
-    let expected = line.len() as u64 + meta.head_len as u64 + meta.body_len as u64;
+    // Checked: a crafted file's lengths must not wrap around into a size that passes.
+    let expected = (line.len() as u64)
+        .checked_add(meta.head_len as u64)
+        .and_then(|n| n.checked_add(meta.body_len as u64));
+    let Some(expected) = expected else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "entry lengths overflow",
+        ));
+    };
     if !line.ends_with(b"\n") || expected != size {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "not whole"));
     }
