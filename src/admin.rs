@@ -52,8 +52,11 @@ impl ServeHttp for Admin {
 impl Admin {
     /// `POST /spool/replay` with a JSON `spool::ReplayRequest`: 403 unless the peer is on this host.
     async fn replay(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        // Both ends on loopback: a service mesh forwards the cluster's connections from a loopback address
+        // (Istio: 127.0.0.6), but to the pod's own address.
         let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
-        if !spool::is_loopback_peer(peer) {
+        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+        if !(spool::is_loopback_peer(peer) && spool::is_loopback_peer(local)) {
             return text(403, "replay is allowed from loopback only\n".into());
         }
         if session.req_header().method != http::Method::POST {

@@ -313,6 +313,18 @@ async fn replay_from_a_peer_that_is_not_loopback_is_refused() {
     );
     let outside = std::net::SocketAddr::new(ip, admin.port());
     assert_eq!(send(outside, req.as_bytes()).await.status, 403);
+    // As a service mesh forwards the cluster's connections: from a loopback address, to the pod's own.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.6:0".parse().unwrap()).unwrap();
+    let mut meshed = socket.connect(outside).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut meshed, req.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut meshed, &mut answer)
+        .await
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 403", "a loopback peer on a pod address");
     assert_eq!(
         send(admin, req.as_bytes()).await.status,
         200,
