@@ -44,13 +44,18 @@ struct Use {
     matchers: Vec<(String, String)>,
 }
 
-const KEYWORDS: &[&str] = &[
+/// Modifiers followed by a list of label names, which are not series.
+const MODIFIERS: &[&str] = &[
     "by",
     "without",
     "on",
     "ignoring",
     "group_left",
     "group_right",
+];
+
+/// Words that are not series (the modifiers too).
+const KEYWORDS: &[&str] = &[
     "and",
     "or",
     "unless",
@@ -109,20 +114,13 @@ fn series(expr: &str) -> Vec<Use> {
             }
             let word = &expr[start..i];
             let next = expr[i..].trim_start();
-            if [
-                "by",
-                "without",
-                "on",
-                "ignoring",
-                "group_left",
-                "group_right",
-            ]
-            .contains(&word)
-                && next.starts_with('(')
-            {
+            if MODIFIERS.contains(&word) && next.starts_with('(') {
                 // A list of label names.
                 i = expr.len() - next.len() + next.find(')').expect("unclosed (") + 1;
-            } else if !next.starts_with('(') && !KEYWORDS.contains(&word) {
+            } else if !next.starts_with('(')
+                && !KEYWORDS.contains(&word)
+                && !MODIFIERS.contains(&word)
+            {
                 out.push(Use {
                     name: word.to_string(),
                     matchers: Vec::new(),
