@@ -4,7 +4,7 @@
     python3 k8s/check.py                 validate everything; exit 0, or 1 with one line per problem
     python3 k8s/check.py --print-config  print the sidecar.toml held by the ConfigMap, byte for byte
     python3 k8s/check.py --print-queries print, as JSON, every PromQL expression of k8s/monitoring (alerts,
-                                         dashboard panels and variables): tests/monitoring.rs checks that
+                                         dashboard panels and variables): tests/it/monitoring.rs checks that
                                          each series they name is on /metrics
     python3 k8s/check.py --self-test     break the manifests in memory in known ways and show that each
                                          break is caught (so that a green run means something)
@@ -20,7 +20,7 @@
    kustomize` (kustomize is built into kubectl; apt-get install kubectl), pass the same checks.
 4. k8s/monitoring: the PodMonitor selects every variant's pod on its admin port, every alert has a
    severity, a summary and a `for`, and the Grafana dashboard is JSON whose panels all have queries. (That
-   their series exist on /metrics is tests/monitoring.rs.)
+   their series exist on /metrics is tests/it/monitoring.rs.)
 
 native-sidecar and two-containers are rendered here from their kustomization.yaml (`resources` only, which
 is all they use). kubernetes-validate (and PyYAML with it) is installed into a virtualenv at

@@ -12,15 +12,13 @@
 //! Seeded (`CHAOS_SEED`, else `SEED`): the app's answer to the n-th arrival of an event and the sender's
 //! choices follow from it; the interleaving of concurrent flows does not. Loopback only.
 
-mod common;
-
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

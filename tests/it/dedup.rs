@@ -1,8 +1,6 @@
 //! Deduplication and app failures: the sender never gets a 2xx for an event the app did not acknowledge.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_after_success_is_answered_from_cache_without_the_app() {

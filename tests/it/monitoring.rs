@@ -1,14 +1,12 @@
 //! The operator's monitoring (k8s/monitoring): every series an alert or a dashboard query names, and every
 //! label value it matches exactly, is on the real binary's `/metrics`. An alert on a misspelt series never
 //! fires, and nothing shows that it never will: this is the only place that notices.
-#![cfg(target_os = "linux")] // the process_* series are read from /proc
-
-mod common;
+// Linux only: the process_* series are read from /proc (the module is gated in main.rs).
 
 use std::collections::{BTreeSet, HashSet};
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 /// Labels that Prometheus adds to a target (the PodMonitor's), not the sidecar.
 const TARGET_LABELS: &[&str] = &["namespace", "pod", "container", "expect_deliveries"];

@@ -1,12 +1,10 @@
 //! The dead-letter spool: a verified delivery the app refused is kept on disk, and `pps-sidecar spool
 //! replay` re-sends it through the running sidecar once the app is fixed, under the dedup contract.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 /// A spool directory outside the sidecar's own, so that it exists before the sidecar starts.
 struct Spool {

@@ -1,11 +1,9 @@
 //! The shared store under Redis faults: a stall (SIGSTOP) while copies are in flight, and a commit that
 //! could not reach Redis. Each test fails on a store that falls back past its own claims.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Longer than the Redis timeout (250 ms by default) several times over: a copy that fell back to the
 /// local store would have reached the app by then.

@@ -1,8 +1,6 @@
 //! Shared deduplication: two sidecar processes in front of one app, sharing a real `redis-server`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 async fn replicas(app: &TestApp, redis: &TestRedis) -> (Sidecar, Sidecar) {
     (

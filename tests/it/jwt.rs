@@ -1,9 +1,7 @@
 //! JWT bearer authentication against a real loopback OpenID Connect issuer.
 
-mod common;
-
-use common::oidc::*;
-use common::*;
+use crate::common::oidc::*;
+use crate::common::*;
 use serde_json::json;
 
 fn bearer(d: Delivery, token: &str) -> Delivery {

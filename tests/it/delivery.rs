@@ -1,8 +1,6 @@
 //! The delivery path end to end: the real binary between a raw client and a real HTTP app on loopback.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_delivery_reaches_app_once_with_identical_body_and_canonical_headers() {

@@ -1,9 +1,7 @@
 //! An app's own mistakes: with `upstream.app_4xx = "retry"` a 4xx the app answers by mistake does not make
 //! Pitchpoint drop the event for good.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_retry_an_app_404_becomes_503_and_pitchpoints_retry_reaches_the_fixed_app() {

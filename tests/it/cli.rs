@@ -1,8 +1,6 @@
 //! The command line: `check` and `sign`, run as a user would.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn check_accepts_the_shipped_example_config() {

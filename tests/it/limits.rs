@@ -1,11 +1,9 @@
 //! Resource limits against slow, stalled and numerous senders, with the real binary: each timeout, the
 //! memory budget for bodies, the connection bound, and what a flood of stalled uploads costs.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,10 +1,8 @@
 //! Operating the sidecar: metrics, hot reload, graceful drain, shadow mode, JSON access log.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 fn signal(sidecar: &Sidecar, sig: &str) {
     let ok = std::process::Command::new("kill")

@@ -3,11 +3,9 @@
 //! rendered over a sample app by `kubectl kustomize`; k8s/monitoring's structure), and the pod's own
 //! configuration, taken from the ConfigMap, drives the real binary in front of the real example app.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// Runs `python3 k8s/check.py ARGS`; returns (exit code, stdout, stderr).
 fn check_py(args: &[&str]) -> (i32, String, String) {

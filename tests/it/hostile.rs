@@ -2,11 +2,9 @@
 //! spellings, malformed values and framing, thrown at the real binary with `other_paths = "forward"`,
 //! where a mistake would hand the app an unverified delivery.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends raw bytes, half-closes, and reads whatever comes back until the sidecar closes.

@@ -1,0 +1,20 @@
+//! The integration tests, one binary so that the harness (`common`) is compiled and linked once. Each
+//! module is one area of the contract; the real `pps-sidecar` binary runs between real loopback peers.
+
+mod common;
+
+mod chaos;
+mod cli;
+mod dedup;
+mod delivery;
+mod hostile;
+mod jwt;
+mod k8s;
+mod limits;
+#[cfg(target_os = "linux")]
+mod monitoring;
+mod operations;
+mod redis;
+mod redis_faults;
+mod retry;
+mod spool;
