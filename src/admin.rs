@@ -1,25 +1,66 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, and `POST /spool/replay` from loopback only.
 //! Never the webhook path, never on the webhook port.
+//!
+//! It is reachable by any pod in the cluster (probes and scrapes come from outside the pod), so it has
+//! bounds of its own, smaller than the webhook listener's ([`LIMITS`]): 150 connections each sending a
+//! 1 MiB head without its end once grew the process by 200 MiB through this port.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::Response;
-use pingora::apps::http_app::ServeHttp;
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 
+use crate::limits::ConnectionLimits;
+use crate::listener::Handler;
 use crate::metrics::METRICS;
 use crate::spool;
 use crate::state::Shared;
+
+/// The admin listener's bounds: probes and scrapes are small, few, and answered at once. A kubelet and a
+/// Prometheus or two need a handful of connections; a head of a few hundred bytes.
+pub const LIMITS: ConnectionLimits = ConnectionLimits {
+    max_connections: 64,
+    header_timeout: Duration::from_secs(5),
+    keepalive: Duration::from_secs(30),
+    max_header_bytes: 8 * 1024,
+};
+
+/// A `POST /spool/replay` body, at most.
+const MAX_REPLAY_BODY: usize = 64 * 1024;
+/// Reading that body, and writing any answer, at most.
+const IO_LIMIT: Duration = Duration::from_secs(5);
 
 pub struct Admin {
     pub shared: Arc<Shared>,
 }
 
 #[async_trait]
-impl ServeHttp for Admin {
+impl Handler for Admin {
+    async fn serve(&self, session: &mut ServerSession) {
+        let resp = self.response(session).await;
+        let (parts, body) = resp.into_parts();
+        let Ok(mut head) = ResponseHeader::build(parts.status, Some(parts.headers.len())) else {
+            return;
+        };
+        for (name, value) in &parts.headers {
+            let _ = head.append_header(name.clone(), value.clone());
+        }
+        let write = async {
+            session.write_response_header(Box::new(head)).await?;
+            session.write_response_body(Bytes::from(body), true).await
+        };
+        if !matches!(tokio::time::timeout(IO_LIMIT, write).await, Ok(Ok(()))) {
+            session.set_keepalive(None);
+        }
+    }
+}
+
+impl Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
@@ -67,11 +108,18 @@ impl Admin {
             return text(404, "no spool: spool.dir is not set\n".into());
         };
         let mut body = Vec::new();
-        while let Ok(Some(chunk)) = session.read_request_body().await {
-            body.extend_from_slice(&chunk);
-            if body.len() > 1 << 20 {
-                return text(413, "request too large\n".into());
+        let reading = async {
+            while let Ok(Some(chunk)) = session.read_request_body().await {
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX_REPLAY_BODY {
+                    return false;
+                }
             }
+            true
+        };
+        if !matches!(tokio::time::timeout(IO_LIMIT, reading).await, Ok(true)) {
+            session.set_keepalive(None);
+            return text(413, "request too large or too slow\n".into());
         }
         match serde_json::from_slice::<spool::ReplayRequest>(&body) {
             Ok(req) => text(200, spool::replay(&self.shared, &cfg, req).await),

@@ -3,20 +3,20 @@
 use std::sync::Arc;
 
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
-use pingora::proxy::HttpProxy;
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-use crate::admin::Admin;
+use crate::admin::{self, Admin};
 use crate::config::{Backend, Config};
 use crate::dedup::memory::MemoryStore;
 use crate::dedup::redis::RedisStore;
 use crate::dedup::{Dedup, DedupStore};
 use crate::lifecycle::{self, JwksRefresher, Reloader};
-use crate::limits::{ConnectionLimits, Listener};
-use crate::proxy::Sidecar;
+use crate::limits::ConnectionLimits;
+use crate::listener::Listener;
+use crate::proxy::Webhooks;
 use crate::state::Shared;
 
 /// Runs until SIGTERM/SIGINT; never returns. Exits 1 at once when a listener cannot be bound: Pingora
@@ -47,12 +47,16 @@ pub fn run(config: Config) -> ! {
     }
     let shared = Arc::new(Shared::new(config, dedup));
 
-    let webhooks = webhook_service(&server, &shared);
+    let webhooks = webhook_service(&shared);
     let mut admin = Service::new(
         "admin".to_string(),
-        Admin {
-            shared: shared.clone(),
-        },
+        Listener::new(
+            Admin {
+                shared: shared.clone(),
+            },
+            admin::LIMITS,
+            false,
+        ),
     );
     admin.add_tcp(&admin_listen);
     admin.threads = Some(1);
@@ -104,25 +108,20 @@ fn dedup(config: &Config) -> Dedup {
     Dedup::new(store, d.in_flight_wait)
 }
 
-/// The webhook listener: the proxy inside the limits of `limits::Listener`.
-fn webhook_service(server: &Server, shared: &Arc<Shared>) -> Service<Listener<HttpProxy<Sidecar>>> {
-    let proxy = pingora::proxy::http_proxy(
-        &server.configuration,
-        Sidecar {
-            shared: shared.clone(),
-        },
-    );
+/// The webhook listener: deliveries and pass-through within the connection limits of `server.*`.
+fn webhook_service(shared: &Arc<Shared>) -> Service<Listener<Webhooks>> {
     let live = shared.live();
     let cfg = &live.config.server;
     let limits = ConnectionLimits {
+        max_connections: cfg.max_connections,
         header_timeout: cfg.header_timeout,
         keepalive: cfg.keepalive_timeout,
         max_header_bytes: cfg.max_header_bytes,
     };
-    let mut service = Service::new(
-        "webhooks".to_string(),
-        Listener::new(proxy, cfg.max_connections, limits),
-    );
+    let handler = Webhooks {
+        shared: shared.clone(),
+    };
+    let mut service = Service::new("webhooks".to_string(), Listener::new(handler, limits, true));
     // No read buffer under Pingora's own: its default, 64 KiB zero-filled per connection, cost 92 KiB of
     // RSS per idle connection (1,000 idle connections: 108 MiB). Pingora reads a head into a buffer of its
     // own and a body in 64 KiB reads, so the layer below only added a copy.

@@ -17,7 +17,7 @@ pub use raw::{App4xx, Backend, LogFormat, Method, OtherPaths};
 pub use secrets::{Secret, fingerprint};
 pub use validate::check_fetch_url;
 
-use crate::paths::Route;
+use crate::route::Route;
 
 /// A configuration error: which file, which key, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +158,7 @@ pub struct WebhooksConfig {
 impl WebhooksConfig {
     /// Whether `path` is a delivery path, in any spelling an app's router may give it (`paths`).
     pub fn route(&self, path: &str) -> Route {
-        crate::paths::route(path, &self.paths)
+        crate::route::route(path, &self.paths)
     }
 }
 

@@ -199,7 +199,7 @@ impl Validator<'_> {
         }
         for (i, p) in raw.paths.iter().enumerate() {
             // Requests are matched in canonical form (`paths`): a prefix in any other form never matches.
-            let canonical = crate::paths::canonical(p);
+            let canonical = crate::route::canonical(p);
             if canonical.as_deref() != Some(p.trim_end_matches('/').to_lowercase().as_str())
                 && p != "/"
             {

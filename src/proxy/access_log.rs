@@ -5,34 +5,45 @@
 //! header can forge a field or a line. The other values come from fixed vocabularies and numbers.
 
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use pingora::proxy::Session;
+use pingora::http::RequestHeader;
 
-use super::Ctx;
+use super::ended::Ended;
 use crate::config::LogFormat;
 use crate::logging::{ACCESS, quote};
 
-/// Writes the access line of a finished request.
-pub fn write(session: &Session, ctx: &Ctx) {
-    let req = session.req_header();
-    let d = ctx.delivery.as_ref();
-    let format = ctx
-        .live
-        .as_ref()
-        .map_or(LogFormat::Text, |l| l.config.server.log_format);
+/// Writes the access line of a finished request. A delivery's tenant, topic and webhook id are its
+/// headers' even when it was refused; `verified` says whether they were proven (`none`: they were not).
+pub fn write(
+    req: &RequestHeader,
+    ended: &Ended,
+    request_id: &str,
+    started: Instant,
+    format: LogFormat,
+) {
+    let d = ended.delivery.as_ref();
+    let verified = match &ended.verified {
+        Some(v) => Some(v.label()),
+        None if d.is_some() || ended.failure.is_some() => Some("none"),
+        None => None,
+    };
+    // The path only: a query may carry an app's own tokens.
+    let raw = String::from_utf8_lossy(req.raw_path());
+    let path = raw.split('?').next().unwrap_or_default();
     let fields = [
         ("method", Field::Text(Some(req.method.as_str()))),
-        ("path", Field::Text(Some(req.uri.path()))),
-        ("status", Field::Num(ctx.status.into())),
-        ("outcome", Field::Word(ctx.outcome.map(|o| o.label()))),
+        ("path", Field::Text(Some(path))),
+        ("status", Field::Num(ended.status.into())),
+        ("outcome", Field::Word(Some(ended.outcome.label()))),
         ("tenant", Field::Text(d.and_then(|d| d.tenant.as_deref()))),
         ("topic", Field::Text(d.map(|d| d.topic.as_str()))),
         ("webhook_id", Field::Text(d.map(|d| d.webhook_id.as_str()))),
-        ("app_ms", Field::Millis(ctx.app_time)),
-        ("total_ms", Field::Millis(Some(ctx.started.elapsed()))),
-        ("auth_failure", Field::Word(ctx.auth_failure)),
-        ("request_id", Field::Text(Some(&ctx.request_id))),
+        ("verified", Field::Word(verified)),
+        ("app_ms", Field::Millis(ended.app_time)),
+        ("total_ms", Field::Millis(Some(started.elapsed()))),
+        ("auth_failure", Field::Word(ended.failure.map(|f| f.reason()))),
+        ("request_id", Field::Text(Some(request_id))),
     ];
     let line = match format {
         LogFormat::Text => text_line(&fields),

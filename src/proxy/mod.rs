@@ -1,277 +1,156 @@
-//! The webhook listener: Pingora's `ProxyHttp` phases, each a few lines that call the delivery steps.
-//!
-//! A request on a webhook path goes, top to bottom:
+//! The webhook listener's requests: the adapter between Pingora's HTTP/1 server session (handed over by
+//! `server::listener` with the head read) and the sidecar's own steps. A request goes, top to bottom:
 //!
 //! ```text
-//!   request_filter  route the canonical path (paths.rs): 400 ambiguous; not a webhook path: 404, or
-//!        │          Pingora's streaming proxy (other_paths = "forward", X-Pps-Verified: none)
-//!   admit           405 not POST, 413 declared too large                     deliver.rs
-//!   read body       413 too large, 100 Continue when asked                   deliver.rs
-//!   authenticate    403 forged, 503 cannot decide (shadow mode: on we go)    deliver.rs -> auth/
-//!   read headers    400 missing or ambiguous X-Pps-*                         deliver.rs -> headers.rs
-//!   filter          403 outside an allow-list                                deliver.rs
-//!   claim           duplicate: the remembered 2xx; in flight: 503            deliver.rs -> dedup/
-//!   forward         502 / 504 when the app fails; the claim is settled       deliver.rs -> upstream/
-//!                   a verified delivery the app refused: spooled             deliver.rs -> spool/
-//!   relay           the app's status, headers and body                       relay.rs
-//!        │
-//!   logging         one access line, the request counted by outcome          access_log.rs
+//!   route          target form and canonical path (route.rs): 400 other forms or    mod.rs
+//!     │            ambiguous paths; not a webhook path: 404, or pass-through
+//!     ├─ pass-through (other_paths = "forward"): streamed, unverified             passthrough.rs
+//!     └─ deliver                                                                   pipeline.rs
+//!        admit         405 not POST, 413 declared too large                        pipeline.rs
+//!        authenticate  JWT only: the token before the body (403 / 503)             pipeline.rs -> auth/
+//!        read body     413 too large, 503 over the memory budget, 408 too slow      body.rs
+//!        authenticate  403 forged, 503 cannot decide (shadow mode: on we go)       pipeline.rs -> auth/
+//!        identify      400 missing or ambiguous X-Pps-* (read before, trusted now) pipeline.rs -> delivery.rs
+//!        filter        403 outside an allow-list                                   pipeline.rs
+//!        claim         duplicate: the remembered 2xx; in flight: 503               pipeline.rs -> dedup/
+//!        forward       the head for the app; 502 / 504 when it fails               forward.rs -> rewrite.rs, upstream/
+//!        relay         the app's answer to the sender                              relay.rs
+//!        settle        the claim (commit only the app's whole 2xx) and the spool   forward.rs (Stake) -> dedup/, spool/
+//!     │
+//!   record         one access line, the request counted by outcome                 mod.rs -> access_log.rs
 //! ```
 //!
-//! Every step returns `Result<_, Reply>`: a `Reply` ends the delivery, and `Reply::send` records its
-//! status and outcome (`Ctx::ended`), the one place besides a relayed answer where they are set.
-//!
-//! The body is read in `request_filter`, before anything goes upstream, and deliveries are then sent to
-//! the app by the sidecar's own client (`upstream/`): Pingora's proxy loop could replay such a body only
-//! from its 64 KiB retry buffer.
+//! Each step returns `Result<_, Reply>`; the pipeline records how the delivery ended in one value
+//! (`ended.rs`), which is all this adapter writes to the log and the metrics.
 
 mod access_log;
-mod deliver;
+mod body;
+mod ended;
+mod forward;
+mod passthrough;
+mod pipeline;
 mod relay;
 mod reply;
+mod rewrite;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::prelude::*;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::http::RequestHeader;
+use pingora::protocols::http::ServerSession;
 
-use crate::auth::Verified;
 use crate::config::OtherPaths;
-use crate::headers::{self, Delivery};
-use crate::metrics::{InFlight, METRICS};
+use crate::metrics::METRICS;
 use crate::outcome::Outcome;
-use crate::paths::Route;
+use crate::route::{Route, Target};
 use crate::state::{Live, Shared};
+use ended::Ended;
 use reply::Reply;
 
-pub struct Sidecar {
+pub use forward::Stake;
+
+/// The webhook listener's handler.
+pub struct Webhooks {
     pub shared: Arc<Shared>,
 }
 
-/// Per-request state, for the access log.
-pub struct Ctx {
-    started: Instant,
-    live: Option<Arc<Live>>,
-    outcome: Option<Outcome>,
-    status: u16,
-    delivery: Option<Delivery>,
-    app_time: Option<Duration>,
-    request_id: String,
-    /// Why authentication failed, when it did.
-    auth_failure: Option<&'static str>,
-    _in_flight: InFlight,
+/// One request being served, with the configuration it started under.
+pub struct Request<'a> {
+    pub session: &'a mut ServerSession,
+    pub live: &'a Live,
+    pub shared: &'a Shared,
+    /// The sender's `X-Request-Id` when it is a safe token, else a fresh one: the access line's and the app's.
+    pub request_id: String,
 }
 
-impl Ctx {
-    /// The request's answer and what it stands for.
-    fn ended(&mut self, status: u16, outcome: Outcome) {
-        self.status = status;
-        self.outcome = Some(outcome);
+impl Request<'_> {
+    pub fn req(&self) -> &RequestHeader {
+        self.session.req_header()
+    }
+
+    /// Sends the sidecar's own answer and ends the request with it.
+    async fn stop(&mut self, ended: Ended, reply: Reply) -> Ended {
+        reply.send(self.session, self.write_limit()).await;
+        ended.replied(&reply)
+    }
+
+    /// How long a sender may take to read an answer of the sidecar's own.
+    fn write_limit(&self) -> Duration {
+        self.live.config.server.body_timeout
     }
 }
 
 #[async_trait]
-impl ProxyHttp for Sidecar {
-    type CTX = Ctx;
-
-    fn new_ctx(&self) -> Ctx {
-        Ctx {
-            started: Instant::now(),
-            live: None,
-            outcome: None,
-            status: 0,
-            delivery: None,
-            app_time: None,
-            request_id: String::new(),
-            auth_failure: None,
-            _in_flight: METRICS.in_flight(),
-        }
-    }
-
-    /// The head has arrived whole: the listener's head deadline is met, and the idle wait for the
-    /// connection's next request is bounded (Pingora's own default is to wait forever).
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        crate::limits::head_read();
-        // The configuration this request is served under, from its first phase to its access line.
+impl crate::listener::Handler for Webhooks {
+    async fn serve(&self, session: &mut ServerSession) {
+        let started = Instant::now();
+        let _in_flight = METRICS.in_flight();
         let live = self.shared.live();
-        // Only where Pingora keeps the connection (not HTTP/1.0 without keep-alive, not while shutting down).
-        if session.get_keepalive().is_some() {
-            let idle = live.config.server.keepalive_timeout;
-            session.set_keepalive(Some(idle.as_secs().max(1)));
-        }
-        ctx.live = Some(live);
-        Ok(())
-    }
-
-    /// `Ok(true)`: the request was answered here (every webhook path); `Ok(false)`: Pingora proxies it to
-    /// the app (pass-through of other paths).
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let live = ctx.live.clone().unwrap_or_else(|| self.shared.live());
-        ctx.request_id = headers::request_id(session.req_header());
-        let webhooks = &live.config.webhooks;
-        let reply = match (
-            webhooks.route(session.req_header().uri.path()),
-            webhooks.other_paths,
-        ) {
-            (Route::Webhook, _) => {
-                self.deliver(session, ctx, &live).await?;
-                return Ok(true);
-            }
-            (Route::Ambiguous, _) => {
-                log::info!("bad request: ambiguous path");
-                Reply::new(400, Outcome::BadRequest, "bad request: ambiguous path\n").close()
-            }
-            (Route::Other, OtherPaths::Reject) => Reply::new(404, Outcome::NotFound, "not found\n"),
-            (Route::Other, OtherPaths::Forward) => {
-                // Pingora streams a pass-through body and answer; each read and write is bounded (the
-                // whole of them is not: pass-through is the app's own traffic, not a delivery).
-                let bound = live.config.server.body_timeout;
-                session.set_read_timeout(Some(bound));
-                session.set_write_timeout(Some(bound));
-                ctx.outcome = Some(Outcome::Forwarded);
-                return Ok(false);
-            }
+        let mut rq = Request {
+            request_id: rewrite::request_id(session.req_header()),
+            session,
+            live: &live,
+            shared: &self.shared,
         };
-        reply.send(session, ctx).await?;
-        Ok(true)
-    }
-
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let live = ctx.live.clone().unwrap_or_else(|| self.shared.live());
-        Ok(Box::new(live.app.peer().clone()))
-    }
-
-    /// Pass-through only: deliveries never reach Pingora's upstream phases.
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream: &mut RequestHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        let ip = client_ip(session);
-        headers::sanitize_passthrough(upstream, ip.as_deref(), &ctx.request_id);
-        Ok(())
-    }
-
-    /// Pass-through only: the app's answer loses its hop-by-hop headers.
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        upstream: &mut ResponseHeader,
-        _ctx: &mut Ctx,
-    ) -> Result<()> {
-        headers::sanitize_passthrough_response(upstream);
-        Ok(())
-    }
-
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        // What the sender got: Pingora's own error answer when relaying failed after the app's head.
-        if let Some(written) = session.response_written() {
-            ctx.status = written.status.as_u16();
-        }
-        if ctx.outcome == Some(Outcome::Forwarded) && (ctx.status >= 500 || e.is_some()) {
-            ctx.outcome = Some(Outcome::UpstreamError);
-        }
-        if let Some(outcome) = ctx.outcome {
-            METRICS.request(outcome);
-        }
-        METRICS.observe_request(ctx.started.elapsed());
-        access_log::write(session, ctx);
+        let ended = route(&mut rq).await;
+        METRICS.request(ended.outcome);
+        METRICS.observe_request(started.elapsed());
+        access_log::write(
+            rq.req(),
+            &ended,
+            &rq.request_id,
+            started,
+            live.config.server.log_format,
+        );
     }
 }
 
-impl Sidecar {
-    /// One delivery, step by step (see the module header).
-    async fn deliver(&self, session: &mut Session, ctx: &mut Ctx, live: &Live) -> Result<()> {
-        match self.steps(session, ctx, live).await {
-            Ok(forwarded) => {
-                // An app 5xx makes Pitchpoint retry, as a 502 or 504 would: both count as upstream errors.
-                let status = forwarded.exchange.status();
-                let outcome = if status >= 500 {
-                    Outcome::UpstreamError
-                } else {
-                    Outcome::Forwarded
-                };
-                ctx.ended(status, outcome);
-                // Bounded, so that the claim outlives it (`config::Deadlines`).
-                let relaying = relay::relay(session, ctx, &live.app, forwarded.exchange);
-                let relayed = tokio::time::timeout(live.deadlines.answer_body, relaying)
-                    .await
-                    .unwrap_or_else(|_| {
-                        log::warn!("app answer body not whole in time");
-                        Err(relay::RelayError::App(Error::explain(
-                            ErrorType::ReadTimedout,
-                            "the app's answer body",
-                        )))
-                    });
-                let whole = !matches!(relayed, Err(relay::RelayError::App(_)));
-                deliver::Settle::after(forwarded.claim, status, whole).await;
-                if let (true, Some(spool), Some(d)) = (
-                    whole && (200..300).contains(&status),
-                    &live.config.spool,
-                    &ctx.delivery,
-                ) {
-                    crate::spool::acknowledged(spool, &d.dedup_key()).await;
-                }
-                relayed.map_err(relay::RelayError::into_inner)
-            }
-            Err(reply) => reply.send(session, ctx).await,
-        }
-    }
-
-    async fn steps(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        live: &Live,
-    ) -> Result<deliver::Forwarded, Reply> {
-        let cfg = &live.config;
-        let declared = deliver::admit(session.req_header(), cfg)?;
-        // A token alone proves a delivery: with JWT only, an unauthenticated sender costs no body memory.
-        let early = match cfg.auth.needs_body() {
-            true => None,
-            false => Some(deliver::authenticate(live, session.req_header(), b"", ctx).await?),
-        };
-        let body = deliver::read_body(session, live, &self.shared.bodies, declared).await?;
-        let verified = match early {
-            Some(verified) => verified,
-            None => deliver::authenticate(live, session.req_header(), &body.bytes, ctx).await?,
-        };
-        let delivery = deliver::read_headers(session.req_header())?;
-        let result = self
-            .dispatch(session, ctx, live, &delivery, verified, body)
+/// Routes the request on its target as sent: the app receives exactly the target that was routed.
+async fn route(rq: &mut Request<'_>) -> Ended {
+    let raw = rq.req().raw_path().to_vec();
+    let Some(target) = Target::parse(&raw) else {
+        log::info!("bad request: request target form");
+        return rq
+            .stop(Ended::claimed(None), Reply::bad_request("bad request: request target\n"))
             .await;
-        ctx.delivery = Some(delivery);
-        result
+    };
+    if !plain_framing(rq.req()) {
+        return rq
+            .stop(Ended::claimed(None), Reply::bad_request("bad request: transfer-encoding\n"))
+            .await;
     }
-
-    /// The steps after the delivery's headers are known (`ctx.delivery` is set after them, for the log).
-    async fn dispatch(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        live: &Live,
-        delivery: &Delivery,
-        verified: Option<Verified>,
-        body: deliver::Body,
-    ) -> Result<deliver::Forwarded, Reply> {
-        deliver::filter(&live.config.filters, delivery)?;
-        let claim = deliver::claim(&self.shared.dedup, &live.config, delivery).await?;
-        let sent = deliver::Sent {
-            delivery,
-            verified: verified.as_ref(),
-            body: &body.bytes,
-        };
-        deliver::forward(session, ctx, live, sent, claim).await
+    let webhooks = &rq.live.config.webhooks;
+    match (webhooks.route(target.path()), webhooks.other_paths) {
+        (Route::Webhook, _) => pipeline::deliver(rq, target).await,
+        (Route::Ambiguous, _) => {
+            log::info!("bad request: ambiguous path");
+            let reply = Reply::bad_request("bad request: ambiguous path\n");
+            rq.stop(Ended::claimed(None), reply).await
+        }
+        (Route::Other, OtherPaths::Reject) => {
+            let reply = Reply::new(404, Outcome::NotFound, "not found\n");
+            rq.stop(Ended::claimed(None), reply).await
+        }
+        (Route::Other, OtherPaths::Forward) => passthrough::forward(rq, target).await,
     }
 }
 
-fn client_ip(session: &Session) -> Option<String> {
+/// A body framed by a length, or by one lone `chunked` coding: any other transfer coding would reach the
+/// app decoded differently from what was verified, or not at all.
+fn plain_framing(req: &RequestHeader) -> bool {
+    let mut codings = req.headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(v), None) => v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
+        _ => false,
+    }
+}
+
+fn client_ip(session: &ServerSession) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip().to_string())
+        .map(|a| a.ip())
 }

@@ -1,17 +1,22 @@
 //! Answers the sidecar writes itself: every delivery step that stops a delivery returns one.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::prelude::*;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 
-use super::Ctx;
+use crate::auth::Failure;
 use crate::outcome::Outcome;
+use crate::upstream::AppFailure;
 
-/// A response the sidecar writes itself, and the outcome it stands for.
+/// A response the sidecar writes itself, and what it stands for.
+#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub outcome: Outcome,
+    /// Why authentication failed, when that is why the delivery stopped (or, in shadow mode, went on).
+    pub failure: Option<Failure>,
     body: &'static str,
     extra: Vec<(&'static str, String)>,
     close: bool,
@@ -22,6 +27,7 @@ impl Reply {
         Self {
             status,
             outcome,
+            failure: None,
             body,
             extra: Vec::new(),
             close: false,
@@ -33,9 +39,14 @@ impl Reply {
         self
     }
 
-    /// Close the connection after answering: the request body was left unread.
+    /// Close the connection after answering: the request is not to be trusted with another.
     pub fn close(mut self) -> Self {
         self.close = true;
+        self
+    }
+
+    pub fn failure(mut self, failure: Failure) -> Self {
+        self.failure = Some(failure);
         self
     }
 
@@ -44,31 +55,57 @@ impl Reply {
         Self::new(503, outcome, body).header("Retry-After", "5")
     }
 
-    /// Writes the response directly, keeping the connection alive when it can (`respond_error` would
-    /// not).
-    pub async fn send(self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        ctx.ended(self.status, self.outcome);
+    /// `502` or `504`: the app gave no answer, and Pitchpoint will retry.
+    pub fn app_failed(failure: AppFailure) -> Self {
+        let body = match failure {
+            AppFailure::Unreachable => "bad gateway\n",
+            AppFailure::Timeout => "gateway timeout\n",
+        };
+        Self::new(failure.status(), Outcome::UpstreamError, body)
+    }
+
+    pub fn bad_request(body: &'static str) -> Self {
+        Self::new(400, Outcome::BadRequest, body).close()
+    }
+
+    /// Writes the answer itself, keeping the connection alive when it can (`respond_error` would not).
+    /// A body left unread closes the connection (Pingora sees to it). Within `limit`: a sender that does
+    /// not read its answer is not waited for.
+    pub async fn send(&self, session: &mut ServerSession, limit: Duration) -> bool {
         // A remembered 204 (or 304) is answered as one: no body, no framing headers.
         let body = if matches!(self.status, 204 | 304) {
             ""
         } else {
             self.body
         };
-        let mut resp = ResponseHeader::build(self.status, Some(4 + self.extra.len()))?;
-        if !body.is_empty() {
-            resp.insert_header("Content-Type", "text/plain; charset=utf-8")?;
-            resp.insert_header("Content-Length", body.len().to_string())?;
-        }
-        for (name, value) in self.extra {
-            resp.insert_header(name, value)?;
-        }
+        let Ok(resp) = self.head(body) else {
+            return false;
+        };
         if self.close {
-            resp.insert_header("Connection", "close")?;
             session.set_keepalive(None);
         }
-        session.write_response_header(Box::new(resp), false).await?;
-        session
-            .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-            .await
+        let write = async {
+            session.write_response_header(Box::new(resp)).await?;
+            session
+                .write_response_body(Bytes::from_static(body.as_bytes()), true)
+                .await
+        };
+        let written = matches!(tokio::time::timeout(limit, write).await, Ok(Ok(())));
+        if !written {
+            session.set_keepalive(None);
+        }
+        written
+    }
+
+    fn head(&self, body: &str) -> pingora::Result<ResponseHeader> {
+        let mut resp = ResponseHeader::build(self.status, Some(3 + self.extra.len()))?;
+        if !body.is_empty() {
+            resp.insert_header("Content-Type", "text/plain; charset=utf-8")?;
+            resp.insert_header("Content-Length", body.len())?;
+        }
+        for (name, value) in &self.extra {
+            resp.insert_header(*name, value)?;
+        }
+        Ok(resp)
     }
 }

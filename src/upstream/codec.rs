@@ -4,7 +4,7 @@
 //! input is a typed error, never a panic, and property tests feed them random and hostile bytes in random
 //! splits.
 //!
-//! The request head is written by `headers::upstream_head`, next to the header rules it applies.
+//! The request head is written by `head.rs`, next to the hop-by-hop rules both directions share.
 //!
 //! Strict where leniency could make the sidecar and the sender disagree on where the answer ends:
 //! `Content-Length` is digits only, a chunk size is hex digits only (at most 16), trailers are bounded and
@@ -14,7 +14,7 @@ use std::mem::MaybeUninit;
 
 use pingora::http::ResponseHeader;
 
-use crate::headers;
+use super::head;
 
 /// An answer's head larger than this is refused (502).
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -146,7 +146,7 @@ fn final_head(parsed: &httparse::Response<'_, '_>, status: u16) -> Result<Head, 
         .map_err(|_| HeadError::BadStatus)?;
     for h in parsed.headers.iter() {
         f.read(h, http10)?;
-        let hop = headers::is_response_hop_by_hop(h.name)
+        let hop = head::is_hop_by_hop(h.name)
             || listed
                 .iter()
                 .any(|l| l.eq_ignore_ascii_case(h.name.as_bytes()));

@@ -29,7 +29,7 @@ pub(super) struct Failed {
 }
 
 impl Failed {
-    fn after_sending(failure: AppFailure, what: &'static str) -> Self {
+    pub(super) fn after_sending(failure: AppFailure, what: &'static str) -> Self {
         Self {
             failure,
             unsent: false,
@@ -37,7 +37,7 @@ impl Failed {
         }
     }
 
-    fn io(e: &std::io::Error, what: &'static str) -> Self {
+    pub(super) fn io(e: &std::io::Error, what: &'static str) -> Self {
         let failure = if e.kind() == ErrorKind::TimedOut {
             AppFailure::Timeout
         } else {
@@ -62,6 +62,16 @@ impl Exchange {
             body
         };
         write_request(&mut stream, &head, rest, read_timeout).await?;
+        Exchange::answer(stream, read_timeout, false).await
+    }
+
+    /// Reads the app's final answer head from `stream`, whose request has been sent. `head_only`: the
+    /// request was a `HEAD`, so the answer has no body whatever its framing headers say.
+    pub(super) async fn answer(
+        stream: TcpStream,
+        read_timeout: Duration,
+        head_only: bool,
+    ) -> Result<Exchange, Failed> {
         let mut exchange = Exchange {
             stream,
             buf: BytesMut::with_capacity(READ_ROOM),
@@ -73,6 +83,10 @@ impl Exchange {
         };
         for _ in 0..MAX_INFORMATIONAL {
             if exchange.read_head().await? {
+                if head_only {
+                    exchange.body = Body::Done;
+                    exchange.keep_alive = false;
+                }
                 return Ok(exchange);
             }
         }
@@ -191,6 +205,18 @@ impl Exchange {
             self.buf.reserve(16 * 1024);
         }
         timed(self.read_timeout, self.stream.read_buf(&mut self.buf)).await
+    }
+
+    /// Reads the rest of the answer and drops it: whether it arrived whole (for a caller that does not
+    /// relay it, such as a replay, but settles a claim on it).
+    pub async fn drain(&mut self) -> bool {
+        loop {
+            match self.next_chunk().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
     }
 
     /// The body was read to its end, nothing else is pending, and the app keeps the connection open.

@@ -1,15 +1,21 @@
-//! One exchange with the app: a buffered delivery out, the app's answer back.
+//! The sidecar's HTTP/1.1 client for the app: both directions of HTTP/1 to the app live here, and this
+//! module imports nothing of the sidecar's above the configuration.
 //!
-//! Deliveries are verified before a byte goes upstream, so their bodies are read whole in
-//! `request_filter`, and Pingora's proxy loop can replay such a body only from its 64 KiB retry buffer.
-//! Deliveries are therefore sent here, by a small HTTP/1.1 client of the sidecar's own: the head and the body
-//! leave in one write, the answer is parsed with `httparse`, and idle connections wait in a plain LIFO
-//! list. On Pingora's connector a delivery cost nearly twice the CPU (73 against 36 to 45 us; a task spawned
-//! per idle connection, a timer per read and write, the header map built and cloned, two flushes held
-//! together with `TCP_CORK`). Paths forwarded without verification still take Pingora's streaming proxy.
+//! Deliveries are verified before a byte goes upstream, so their bodies are read whole first, and
+//! Pingora's proxy loop could replay such a body only from its 64 KiB retry buffer. Deliveries are
+//! therefore sent by this small client: the head and the body leave in one write, the answer is parsed
+//! with `httparse`, and idle connections wait in a plain LIFO list. On Pingora's connector a delivery cost
+//! nearly twice the CPU (73 against 36 to 45 us; a task spawned per idle connection, a timer per read and
+//! write, the header map built and cloned, two flushes held together with `TCP_CORK`).
 //!
+//! Pass-through requests (`other_paths = "forward"`) are streamed on a connection of their own, closed
+//! after the answer (`outgoing.rs`): whatever the app makes of an unverified body, no byte of it can be
+//! read as the start of another request on a connection a delivery later uses.
+//!
+//! - `head.rs`: the request head's bytes and the hop-by-hop rules, sans-IO;
 //! - `codec.rs`: the answer's bytes (head, chunked body), sans-IO and strict;
 //! - `exchange.rs`: one request and its answer on one connection, with deadlines;
+//! - `outgoing.rs`: a streamed pass-through request on a connection of its own;
 //! - `pool.rs`: the idle connections.
 //!
 //! The resend rule: a delivery is sent again on another connection only when it demonstrably never left,
@@ -21,7 +27,11 @@
 
 mod codec;
 mod exchange;
+pub mod head;
+mod outgoing;
 mod pool;
+
+pub use outgoing::{Outgoing, Sent};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,7 +39,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use pingora::Error;
 use pingora::http::ResponseHeader;
-use pingora::upstreams::peer::HttpPeer;
 use tokio::net::TcpStream;
 
 use crate::config::{Deadlines, UpstreamConfig};
@@ -60,7 +69,6 @@ const MAX_ATTEMPTS: usize = 3;
 /// The app, with a pool of keep-alive connections to it.
 pub struct App {
     addr: SocketAddr,
-    peer: HttpPeer,
     connect_timeout: Duration,
     read_timeout: Duration,
     /// See `send`.
@@ -94,16 +102,10 @@ impl App {
         Self {
             deadline: deadlines.exchange,
             addr: cfg.socket_addr,
-            peer: peer(cfg),
             connect_timeout: cfg.connect_timeout,
             read_timeout: cfg.read_timeout,
             idle: Pool::new(cfg.keepalive_timeout),
         }
-    }
-
-    /// The peer for Pingora's own proxy path (`other_paths = "forward"`).
-    pub fn peer(&self) -> &HttpPeer {
-        &self.peer
     }
 
     /// Sends the request (`head` as built by `headers::upstream_head`, then `body`) and waits for the
@@ -197,15 +199,6 @@ impl Exchange {
     pub async fn body_chunk(&mut self) -> Result<Option<Bytes>, Box<Error>> {
         self.next_chunk().await
     }
-}
-
-fn peer(cfg: &UpstreamConfig) -> HttpPeer {
-    let mut peer = HttpPeer::new(cfg.socket_addr, false, String::new());
-    peer.options.connection_timeout = Some(cfg.connect_timeout);
-    peer.options.read_timeout = Some(cfg.read_timeout);
-    peer.options.write_timeout = Some(cfg.read_timeout);
-    peer.options.idle_timeout = Some(cfg.keepalive_timeout);
-    peer
 }
 
 #[cfg(test)]

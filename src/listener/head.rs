@@ -2,8 +2,8 @@
 //!
 //! Pingora 0.9 buffers up to 1 MiB of request head per connection before it gives up on it; the head
 //! deadline bounds how long, not how much. 400 connections sending 1 MB heads without the final CRLF took
-//! the process from 32 to 208 MiB. Reads are counted from the start of each request until the proxy's first
-//! phase reports the head whole; past `max_header_bytes` the read fails and Pingora closes the connection.
+//! the process from 32 to 208 MiB. Reads are counted from the start of each head until the listener has
+//! it whole; past `max_header_bytes` the read fails and the listener answers 431.
 
 use std::fmt;
 use std::io;
@@ -30,6 +30,11 @@ pub struct HeadState {
 }
 
 impl HeadState {
+    /// The head being read has used up `max` bytes of reads.
+    pub fn over_limit(&self, max: usize) -> bool {
+        self.read.load(Ordering::Relaxed) >= max
+    }
+
     /// A request starts: its head is counted from here.
     pub fn begin(&self) {
         self.read.store(0, Ordering::Relaxed);

@@ -1,11 +1,65 @@
-//! Which requests are deliveries: a path is compared in the form an app's router may give it, so that no
-//! spelling of a webhook path reaches the app unverified.
+//! Which requests are deliveries: the request target's form, and its path compared in the form an app's
+//! router may give it, so that no spelling of a webhook path reaches the app unverified.
+//!
+//! The target is routed as it was sent, and the app receives exactly what was routed. Only origin-form
+//! (`/path?query`) and absolute-form (`http://host/path?query`, routed by its path and forwarded in
+//! origin-form) are served; anything else (`webhooks`, `x:/webhooks`, `%2Fwebhooks`, `*`, `host:443`)
+//! is refused, since Pingora's URI parser would route it as `/` while the app sees the raw text.
 //!
 //! Routers differ: some percent-decode before routing, some match case-insensitively, most merge `//`
 //! and resolve `.` and `..`, Java servlets drop `;parameters`. The canonical form applies all of these,
 //! and a path that is a webhook path under any of them is one. A path whose meaning depends on the router
 //! (an encoded `/` or `\`, double encoding, a control character, `..` above the root, bad
 //! percent-encoding) is ambiguous and refused with 400.
+
+/// A request target in a form the sidecar serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// Path and query, as the app receives them (origin-form).
+    pub origin: &'a str,
+    /// The authority of an absolute-form target: the app's `Host`.
+    pub authority: Option<&'a str>,
+}
+
+impl<'a> Target<'a> {
+    /// `raw` (the request line's target) in origin-form or absolute-form; `None` for any other form, a
+    /// fragment, userinfo, or bytes that are not text.
+    pub fn parse(raw: &'a [u8]) -> Option<Target<'a>> {
+        let raw = std::str::from_utf8(raw).ok()?;
+        if raw.contains('#') {
+            return None;
+        }
+        if raw.starts_with('/') {
+            return Some(Target {
+                origin: raw,
+                authority: None,
+            });
+        }
+        let scheme_end = raw.find("://")?;
+        if !["http", "https"]
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(&raw[..scheme_end]))
+        {
+            return None;
+        }
+        let rest = &raw[scheme_end + 3..];
+        let path_at = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, origin) = rest.split_at(path_at);
+        let host_char = |c: char| c.is_ascii_alphanumeric() || "-._:[]".contains(c);
+        if authority.is_empty() || !authority.chars().all(host_char) || !origin.starts_with('/') {
+            return None;
+        }
+        Some(Target {
+            origin,
+            authority: Some(authority),
+        })
+    }
+
+    /// The path, without the query.
+    pub fn path(&self) -> &'a str {
+        self.origin.split('?').next().unwrap_or_default()
+    }
+}
 
 /// What a request path is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,8 +1,23 @@
-//! The memory budget for request bodies: bytes held across all connections, reserved before they are read.
+//! Bounds on what senders may hold: connections and request heads per listener (enforced by
+//! `server::listener`), and the memory of request bodies across all connections (`BodyBudget`, reserved
+//! before a body is read).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+/// The bounds of one listener's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once; more are closed as they are accepted.
+    pub max_connections: usize,
+    /// A request head must arrive whole within it (from the accept, or from its first byte).
+    pub header_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request.
+    pub keepalive: Duration,
+    /// Bytes of reads a request head may take.
+    pub max_header_bytes: usize,
+}
 /// Bytes of request bodies held in memory, all connections together, at most `max`.
 #[derive(Debug, Default)]
 pub struct BodyBudget {
