@@ -2,6 +2,23 @@
 //!
 //! Crypto is jsonwebtoken on aws-lc-rs, the same library rustls uses for the JWKS fetches: one audited
 //! implementation in the binary, and no RSA-private-key code from the `rsa` crate.
+//!
+//! ## An unknown `kid`
+//!
+//! An issuer publishes a key in its JWKS before it signs with it. So a token whose `kid` is missing from a
+//! key set whose fetch *began after the token arrived* names a key the issuer does not publish: proof
+//! (`unknown_key`, 403). Missing from an older set, it may name a key published since: the token triggers
+//! a refetch, at most one per `UNKNOWN_KID_REFETCH_INTERVAL` per issuer, or waits for the fetch under way;
+//! when neither gives a set fetched after its arrival, the answer is `unknown_key_unchecked` (503 +
+//! `Retry-After`), never a 403.
+//!
+//! A forger sending unknown `kid`s cannot keep a newly published key out: every refetch, whoever caused
+//! it, loads what the issuer publishes, so a forger's refetch after the publication installs the new key.
+//! A genuine token refused meanwhile is retried by Pitchpoint after `Retry-After` (`super::RETRY_AFTER`),
+//! which is no shorter than the window: its retry either may refetch, or finds the set fetched by the
+//! refetch that used the window, which began after the first attempt arrived, so after the publication.
+//! What remains is an issuer whose own replicas disagree about its JWKS for a while; a fetch that fails
+//! keeps the last good set and decides nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,8 +37,9 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// JWKS and discovery documents larger than this are refused.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 /// An unknown `kid` refetches the JWKS at most this often per issuer, so a flood of forged `kid`s
-/// cannot turn the sidecar into a load generator against the issuer.
-const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// cannot turn the sidecar into a load generator against the issuer (720 fetches an hour at most).
+const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
+const _: () = assert!(UNKNOWN_KID_REFETCH_INTERVAL.as_secs() <= super::RETRY_AFTER.as_secs());
 /// After a failed fetch of keys never loaded, wait this long (doubling, capped) before trying again.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
@@ -52,6 +70,8 @@ struct FetchState {
 
 struct KeySet {
     by_kid: HashMap<String, Key>,
+    /// When the fetch that got it began: every key the issuer published before then is in it.
+    fetched_from: Instant,
 }
 
 struct Key {
@@ -145,8 +165,9 @@ impl JwtVerifier {
         }
     }
 
-    /// Verifies a bearer token. `Ok(None)`-like absence is handled by the caller.
+    /// Verifies a bearer token: the verified subject and issuer, or why not.
     pub async fn verify(&self, token: &str) -> Result<Verified, Failure> {
+        let arrived = Instant::now();
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(Failure::MalformedToken);
         }
@@ -163,21 +184,9 @@ impl JwtVerifier {
         if !issuer.algorithms.contains(&header.alg) {
             return Err(Failure::DisallowedAlgorithm);
         }
+        // Pitchpoint's tokens name their key: without a `kid` there is no key to check against.
         let kid = header.kid.as_deref().ok_or(Failure::UnknownKey)?;
-
-        let mut keys = issuer.current();
-        if keys.as_ref().is_none_or(|k| !k.by_kid.contains_key(kid)) {
-            if self.may_refetch_for_unknown_kid(issuer) {
-                self.fetch(issuer).await;
-            } else {
-                // Another request may be fetching right now: wait for it rather than fail needlessly.
-                drop(issuer.fetching.lock().await);
-            }
-            keys = issuer.current();
-        }
-        let Some(keys) = keys else {
-            return Err(Failure::KeysNotLoaded);
-        };
+        let keys = self.keys_naming(issuer, kid, arrived).await?;
         let key = keys.by_kid.get(kid).ok_or(Failure::UnknownKey)?;
         if key.alg.is_some_and(|a| a != header.alg) {
             return Err(Failure::DisallowedAlgorithm);
@@ -217,6 +226,32 @@ impl JwtVerifier {
         })
     }
 
+    /// The issuer's key set, once it holds `kid`: refetched for it when allowed (or a fetch under way
+    /// waited for); else what its absence proves (`unknown_kid`).
+    async fn keys_naming(
+        &self,
+        issuer: &Issuer,
+        kid: &str,
+        arrived: Instant,
+    ) -> Result<Arc<KeySet>, Failure> {
+        let holding = |keys: &Arc<KeySet>| keys.by_kid.contains_key(kid);
+        if let Some(keys) = issuer.current().filter(holding) {
+            return Ok(keys);
+        }
+        // Decided under the single-flight lock: a fetch under way has ended (it may have loaded the key),
+        // and the fetch this request is allowed begins before any other request looks.
+        let single = issuer.fetching.lock().await;
+        if issuer.current().is_none_or(|keys| !holding(&keys))
+            && self.may_refetch_for_unknown_kid(issuer)
+        {
+            self.fetch_locked(issuer, &single).await;
+        }
+        match issuer.current() {
+            Some(keys) if holding(&keys) => Ok(keys),
+            keys => Err(unknown_kid(keys.as_deref(), arrived)),
+        }
+    }
+
     fn may_refetch_for_unknown_kid(&self, issuer: &Issuer) -> bool {
         let mut st = issuer.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
@@ -230,11 +265,17 @@ impl JwtVerifier {
         true
     }
 
-    /// Fetches and installs the issuer's key set. A failure keeps the last good set.
+    /// Fetches and installs the issuer's key set, one fetch at a time. A failure keeps the last good set.
     async fn fetch(&self, issuer: &Issuer) {
-        let _single = issuer.fetching.lock().await;
+        let single = issuer.fetching.lock().await;
+        self.fetch_locked(issuer, &single).await;
+    }
+
+    /// `fetch`, with the issuer's single-flight lock held by the caller.
+    async fn fetch_locked(&self, issuer: &Issuer, _single: &tokio::sync::MutexGuard<'_, ()>) {
         let name = &issuer.config.issuer;
-        match self.download(issuer).await {
+        let fetched_from = Instant::now();
+        match self.download(issuer, fetched_from).await {
             Ok(set) => {
                 log::info!("JWKS of {name}: {} key(s) loaded", set.by_kid.len());
                 *issuer.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(set));
@@ -259,7 +300,7 @@ impl JwtVerifier {
         }
     }
 
-    async fn download(&self, issuer: &Issuer) -> Result<KeySet, String> {
+    async fn download(&self, issuer: &Issuer, fetched_from: Instant) -> Result<KeySet, String> {
         let uri = match &issuer.config.jwks_uri {
             Some(uri) => uri.clone(),
             None => {
@@ -305,7 +346,10 @@ impl JwtVerifier {
         if by_kid.is_empty() {
             return Err("the JWKS holds no usable signing key".into());
         }
-        Ok(KeySet { by_kid })
+        Ok(KeySet {
+            by_kid,
+            fetched_from,
+        })
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
@@ -338,6 +382,17 @@ impl JwtVerifier {
 impl Issuer {
     fn current(&self) -> Option<Arc<KeySet>> {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What a `kid` missing from `keys`, the key set held after a refetch was tried, proves about a token
+/// that `arrived` then: nothing when no set was fetched since (the key may have been published since),
+/// that the issuer does not publish that key otherwise.
+fn unknown_kid(keys: Option<&KeySet>, arrived: Instant) -> Failure {
+    match keys {
+        None => Failure::KeysNotLoaded,
+        Some(k) if k.fetched_from >= arrived => Failure::UnknownKey,
+        Some(_) => Failure::UnknownKeyUnchecked,
     }
 }
 
@@ -381,4 +436,32 @@ fn allowed(issuer: &IssuerConfig, claims: &Claims) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_set(fetched_from: Instant) -> KeySet {
+        KeySet {
+            by_kid: HashMap::new(),
+            fetched_from,
+        }
+    }
+
+    #[test]
+    fn an_unknown_kid_is_proof_only_against_keys_fetched_after_the_token_arrived() {
+        let before = Instant::now();
+        let arrived = before + Duration::from_millis(1);
+        assert_eq!(unknown_kid(None, arrived), Failure::KeysNotLoaded);
+        let stale = key_set(before);
+        assert_eq!(
+            unknown_kid(Some(&stale), arrived),
+            Failure::UnknownKeyUnchecked
+        );
+        assert!(!unknown_kid(Some(&stale), arrived).is_proof());
+        let fresh = key_set(arrived);
+        assert_eq!(unknown_kid(Some(&fresh), arrived), Failure::UnknownKey);
+        assert!(unknown_kid(Some(&fresh), arrived).is_proof());
+    }
 }

@@ -20,6 +20,13 @@ pub struct Secret {
     pub file: Option<PathBuf>,
 }
 
+impl Secret {
+    /// Whether it still verifies deliveries at `now` (unix seconds): not past its `not_after`.
+    pub fn in_force(&self, now: i64) -> bool {
+        self.not_after.is_none_or(|t| now <= t)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Secret")

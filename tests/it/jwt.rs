@@ -1,5 +1,9 @@
 //! JWT bearer authentication against a real loopback OpenID Connect issuer.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use crate::common::oidc::*;
 use crate::common::*;
 use serde_json::json;
@@ -211,9 +215,20 @@ async fn a_flood_of_unknown_kids_causes_only_a_few_jwks_fetches() {
             async move { send(addr, &d.bytes()).await.status },
         ));
     }
+    let mut proven = 0;
     for t in tasks {
-        assert_eq!(t.await.unwrap(), 403);
+        // 403 when a key set fetched after it arrived lacks its kid; 503 when it arrived before the one
+        // refetch began and no other was allowed: never let through.
+        match t.await.unwrap() {
+            403 => proven += 1,
+            503 => {}
+            other => panic!("a forged kid answered {other}"),
+        }
     }
+    assert!(
+        proven >= 1,
+        "the token that caused the refetch is proven forged"
+    );
     let fetched = issuer.jwks_fetches() - before;
     assert!(fetched <= 2, "{fetched} JWKS fetches for 30 unknown kids");
     assert_eq!(app.count(), 0);
@@ -385,4 +400,102 @@ async fn with_jwt_only_a_sender_without_a_valid_token_is_refused_before_its_body
     let m = sidecar.admin_get("/metrics").await.text();
     assert_eq!(metric(&m, "pps_sidecar_buffered_bytes"), 0.0);
     assert_eq!(app.count(), 0);
+}
+
+/// A token signed by `key` under an unknown `kid` of the forger's choosing.
+fn forged(key: &TestKey, issuer: &TestIssuer, kid: &str) -> Delivery {
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": kid});
+    bearer(
+        Delivery::json(),
+        &key.token_with_header(&header, &issuer.claims()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forger_sending_unknown_kids_cannot_keep_a_newly_published_key_out() {
+    let old = TestKey::generate("2026-10");
+    let new = TestKey::generate("2026-11");
+    let forger = TestKey::generate("forged");
+    let issuer = TestIssuer::start("my-project", &[&old]).await;
+    let app = TestApp::start().await;
+    let sidecar = jwt_sidecar(&app, &issuer, "").await;
+
+    // An unknown kid is looked up at once: missing from keys fetched after the token arrived, it is proof.
+    let before = issuer.jwks_fetches();
+    let r = sidecar.send(&forged(&forger, &issuer, "forged-0")).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(issuer.jwks_fetches(), before + 1);
+
+    // Pitchpoint publishes its new key and signs with it while that refetch's window still runs.
+    issuer.set_keys(&[&old, &new]);
+    let genuine = bearer(Delivery::json(), &new.token(&issuer.claims()));
+    let r = sidecar.send(&genuine).await;
+    assert_eq!(
+        r.status,
+        503,
+        "not proven forged, so not a 403: {}",
+        r.text()
+    );
+    let retry_after: u64 = r.get("retry-after").expect("Retry-After").parse().unwrap();
+    sidecar
+        .log_with("auth_failure=unknown_key_unchecked", 1)
+        .await;
+
+    // The forger keeps sending unknown kids while Pitchpoint waits as it was told to.
+    let stop = Arc::new(AtomicBool::new(false));
+    let forging = {
+        let (stop, addr) = (stop.clone(), sidecar.addr);
+        let tokens: Vec<Vec<u8>> = (1..=1000)
+            .map(|i| forged(&forger, &issuer, &format!("forged-{i}")).bytes())
+            .collect();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for token in tokens.iter().cycle() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                answers.push(send(addr, token).await.status);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            answers
+        })
+    };
+    // Pitchpoint's retry, after the Retry-After it was given: the sender's side of the contract.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let r = sidecar.send(&genuine).await;
+    stop.store(true, Ordering::SeqCst);
+    let answers = forging.await.unwrap();
+    assert_eq!(r.status, 200, "the retry gets through: {}", r.text());
+    assert!(!answers.is_empty());
+    assert!(
+        answers.iter().all(|s| *s == 403 || *s == 503),
+        "{answers:?}"
+    );
+    assert_eq!(app.count(), 1, "only the genuine delivery reached the app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_hmac_and_jwt_a_bad_signature_is_not_proof_while_the_token_cannot_be_checked() {
+    let key = TestKey::generate("k1");
+    let [addr] = free_addrs();
+    let app = TestApp::start().await;
+    let issuer_url = format!("http://{addr}/late-project");
+    let toml = trust_toml(&issuer_url, "late-project", "[\"hmac\", \"jwt\"]");
+    let sidecar = Sidecar::start(&app, &toml).await;
+    let t = now();
+    let claims = json!({ "iss": issuer_url, "aud": "late-project", "sub": "pitchpoint-webhooks",
+                         "iat": t, "exp": t + 3600 });
+    let d = bearer(Delivery::json(), &key.token(&claims))
+        .set("X-Pps-Hmac-Sha256", Some(&"0".repeat(64)));
+    let r = sidecar.send(&d).await;
+    assert_eq!(r.status, 503, "the token may still verify it: {}", r.text());
+    assert!(r.get("retry-after").is_some());
+    sidecar.log_with("auth_failure=keys_not_loaded", 1).await;
+
+    let _issuer = TestIssuer::start_on(addr, "late-project", &[&key]).await;
+    wait_ready(&sidecar).await;
+    assert_eq!(sidecar.send(&d).await.status, 200, "and it does");
+    let unsigned = Delivery::json().set("X-Pps-Hmac-Sha256", Some(&"0".repeat(64)));
+    assert_eq!(sidecar.send(&unsigned).await.status, 403);
+    assert_eq!(app.count(), 1);
 }
