@@ -193,12 +193,14 @@ pub fn upstream_head(original: &RequestHeader, f: &Forwarding<'_>) -> Vec<u8> {
         }
     }
     match f.verified {
-        Some(Verified::Jwt { subject, issuer }) => {
+        Some(Verified::Jwt {
+            subject, issuer, ..
+        }) => {
             set(VERIFIED, "jwt");
             set(JWT_SUBJECT, subject);
             set(JWT_ISSUER, issuer);
         }
-        Some(Verified::Hmac) => set(VERIFIED, "hmac"),
+        Some(Verified::Hmac { .. }) => set(VERIFIED, "hmac"),
         None => set(VERIFIED, "none"),
     }
     set(REQUEST_ID, f.request_id);
@@ -434,6 +436,7 @@ mod tests {
         let verified = Verified::Jwt {
             subject: "a\r\nX-Pps-Verified: forged".into(),
             issuer: "https://issuer.example".into(),
+            kid: "k1".into(),
         };
         let wire = head_as(&original, &verified);
         assert!(!wire.contains("forged"), "{wire}");
@@ -519,7 +522,7 @@ mod tests {
             &original,
             &Forwarding {
                 delivery: &d,
-                verified: Some(&Verified::Hmac),
+                verified: Some(&Verified::Hmac { secret: "0".into() }),
                 strip_credentials: Some(&HeaderName::from_static("x-pps-hmac-sha256")),
                 client_ip: Some("127.0.0.1".into()),
                 request_id: "rid",
@@ -632,7 +635,7 @@ mod tests {
             ("x_pps_topic", "other"),
             ("proxy-authorization", "Basic x"),
         ]);
-        let wire = head_as(&original, &Verified::Hmac).to_ascii_lowercase();
+        let wire = head_as(&original, &Verified::Hmac { secret: "0".into() }).to_ascii_lowercase();
         assert!(!wire.contains("x_pps"), "{wire}");
         assert!(!wire.contains("proxy-authorization"), "{wire}");
         assert!(!wire.contains("replayed"), "{wire}");
@@ -655,7 +658,11 @@ mod tests {
                 }
             }
             let Ok(d) = read_delivery(&r) else { return Ok(()) };
-            let verified = Verified::Jwt { subject, issuer: "i".into() };
+            let verified = Verified::Jwt {
+                subject,
+                issuer: "i".into(),
+                kid: "k".into(),
+            };
             let head = upstream_head(&r, &Forwarding {
                 delivery: &d,
                 verified: Some(&verified),

@@ -1,5 +1,6 @@
 //! `X-Pps-Hmac-Sha256`: lowercase hex of HMAC-SHA256(secret, raw body).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
 use hmac::{Hmac, Mac};
@@ -8,13 +9,19 @@ use sha2::Sha256;
 use super::Failure;
 use crate::config::HmacConfig;
 
-/// Verifies `signature` (the header's value) over `body` with every secret in force at `now`.
+/// Verifies `signature` (the header's value) over `body` with every secret in force at `now`; the name of
+/// the secret that verified it.
 ///
 /// The comparison is constant-time (`verify_slice`); trying each secret in turn is what makes rotation
 /// work: the old and the new secret are both configured while Pitchpoint switches. When no secret is in
 /// force any more, nothing can be verified: that is a configuration problem, not a forgery
 /// (`Failure::NoValidSecret`, answered 503), and it is said loudly.
-pub fn verify(cfg: &HmacConfig, signature: &[u8], body: &[u8], now: i64) -> Result<(), Failure> {
+pub fn verify(
+    cfg: &HmacConfig,
+    signature: &[u8],
+    body: &[u8],
+    now: i64,
+) -> Result<Arc<str>, Failure> {
     let expected = decode_hex32(signature.trim_ascii()).ok_or(Failure::MalformedSignature)?;
     let mut any_in_force = false;
     for secret in cfg.secrets.iter().filter(|s| s.in_force(now)) {
@@ -23,7 +30,7 @@ pub fn verify(cfg: &HmacConfig, signature: &[u8], body: &[u8], now: i64) -> Resu
             .expect("HMAC accepts keys of any length");
         mac.update(body);
         if mac.verify_slice(&expected).is_ok() {
-            return Ok(());
+            return Ok(secret.name.clone());
         }
     }
     if any_in_force {
@@ -34,7 +41,7 @@ pub fn verify(cfg: &HmacConfig, signature: &[u8], body: &[u8], now: i64) -> Resu
     }
 }
 
-/// How many configured secrets are past their `not_after` at `now`.
+/// How many configured secrets are past their `not_after` at `now` (`pps_sidecar_hmac_secrets_expired`).
 pub fn expired(cfg: &HmacConfig, now: i64) -> usize {
     cfg.secrets.iter().filter(|s| !s.in_force(now)).count()
 }
@@ -126,7 +133,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, (k, na))| Secret {
-                    name: format!("s{i}"),
+                    name: format!("s{i}").into(),
                     key: k.as_bytes().to_vec(),
                     not_after: *na,
                     file: None,
@@ -147,15 +154,18 @@ mod tests {
     fn any_configured_secret_verifies_and_case_of_hex_does_not_matter() {
         let c = cfg(&[("old", None), ("new", None)]);
         let sig = sign(b"new", b"{}");
-        assert_eq!(verify(&c, sig.as_bytes(), b"{}", 0), Ok(()));
-        assert_eq!(verify(&c, sig.to_uppercase().as_bytes(), b"{}", 0), Ok(()));
+        assert_eq!(verify(&c, sig.as_bytes(), b"{}", 0), Ok("s1".into()));
+        assert_eq!(
+            verify(&c, sig.to_uppercase().as_bytes(), b"{}", 0),
+            Ok("s1".into())
+        );
     }
 
     #[test]
     fn expired_secret_no_longer_verifies() {
         let c = cfg(&[("old", Some(100)), ("new", None)]);
         let sig = sign(b"old", b"{}");
-        assert_eq!(verify(&c, sig.as_bytes(), b"{}", 100), Ok(()));
+        assert_eq!(verify(&c, sig.as_bytes(), b"{}", 100), Ok("s0".into()));
         assert_eq!(
             verify(&c, sig.as_bytes(), b"{}", 101),
             Err(Failure::BadSignature)
@@ -180,7 +190,7 @@ mod tests {
             status(&c, 150).as_deref(),
             Some("hmac: past its not_after and still configured: s0")
         );
-        assert_eq!(verify(&c, sig.as_bytes(), b"{}", 150), Ok(()));
+        assert_eq!(verify(&c, sig.as_bytes(), b"{}", 150), Ok("s1".into()));
         for forged_or_not in [sig.clone(), sign(b"forged", b"{}")] {
             let f = verify(&c, forged_or_not.as_bytes(), b"{}", 201).unwrap_err();
             assert_eq!(f, Failure::NoValidSecret);

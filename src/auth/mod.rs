@@ -27,7 +27,7 @@
 //! | --- | --- |
 //! | `keys_not_loaded` | the issuer's keys could not be loaded yet |
 //! | `unknown_key_unchecked` | the `kid` is not in the keys held, and no key set fetched since the token arrived could be had: the refetch is rate-limited (at most one per `RETRY_AFTER`) or failed. The key may have been published a moment ago |
-//! | `no_valid_secret` | every HMAC secret is past its `not_after`: a configuration problem, logged at error level and shown by `hmac::status` |
+//! | `no_valid_secret` | every HMAC secret is past its `not_after`: a configuration problem, logged at error level, counted (`pps_sidecar_hmac_secrets_expired`) and shown by `hmac::status` |
 //!
 //! With several methods, a delivery is refused `403` only when every credential it carried proves it;
 //! one that could not be decided makes the answer `503` (`combine`). Outside this module, `403` is also
@@ -35,7 +35,9 @@
 
 pub mod hmac;
 pub mod jwt;
+pub mod series;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::http::RequestHeader;
@@ -48,18 +50,33 @@ pub use crate::outcome::Failure;
 /// its retry a refetch allowed, or a key set fetched after its key was published.
 pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// How a delivery was authenticated; the app receives it as `X-Pps-Verified`.
+/// How a delivery was authenticated, and by which secret or key. The app receives the method as
+/// `X-Pps-Verified`; the access line and the metrics name the secret or the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verified {
-    Hmac,
-    Jwt { subject: String, issuer: String },
+    /// By the HMAC secret of this name (`auth.hmac.secrets[].name`, by default its position).
+    Hmac { secret: Arc<str> },
+    /// By a token of `issuer` about `subject`, signed with the issuer's key `kid`.
+    Jwt {
+        subject: String,
+        issuer: String,
+        kid: String,
+    },
 }
 
 impl Verified {
     pub fn label(&self) -> &'static str {
         match self {
-            Verified::Hmac => "hmac",
+            Verified::Hmac { .. } => "hmac",
             Verified::Jwt { .. } => "jwt",
+        }
+    }
+
+    /// The secret's name or the key's `kid`: configured or published names, never key material.
+    pub fn credential(&self) -> &str {
+        match self {
+            Verified::Hmac { secret } => secret,
+            Verified::Jwt { kid, .. } => kid,
         }
     }
 }
@@ -83,9 +100,9 @@ pub async fn authenticate(
                 match (values.next(), values.next()) {
                     (None, _) => continue,
                     (Some(_), Some(_)) => Err(Failure::AmbiguousCredentials),
-                    (Some(sig), None) => {
-                        hmac::verify(&cfg.hmac, sig.as_bytes(), body, now).map(|()| Verified::Hmac)
-                    }
+                    (Some(sig), None) => hmac::verify(&cfg.hmac, sig.as_bytes(), body, now)
+                        .inspect(series::hmac_verified)
+                        .map(|secret| Verified::Hmac { secret }),
                 }
             }
             Method::Jwt => {

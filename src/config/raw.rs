@@ -196,6 +196,8 @@ pub struct RawSecret {
     pub file: Option<PathBuf>,
     pub value: Option<String>,
     pub not_after: Option<String>,
+    /// The `secret` label of `pps_sidecar_hmac_verified_total`; default: the position.
+    pub name: Option<String>,
 }
 
 #[derive(Deserialize)]

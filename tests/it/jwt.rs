@@ -499,3 +499,33 @@ async fn with_hmac_and_jwt_a_bad_signature_is_not_proof_while_the_token_cannot_b
     assert_eq!(sidecar.send(&unsigned).await.status, 403);
     assert_eq!(app.count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_are_counted_by_issuer_and_signing_key() {
+    let old = TestKey::generate("2026-10");
+    let new = TestKey::generate("2026-11");
+    let issuer = TestIssuer::start("my-project", &[&old, &new]).await;
+    let app = TestApp::start().await;
+    let sidecar = jwt_sidecar(&app, &issuer, "").await;
+    for key in [&old, &new, &new] {
+        let r = sidecar
+            .send(&bearer(Delivery::json(), &key.token(&issuer.claims())))
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let series = |kid: &str| {
+        format!(
+            "pps_sidecar_jwt_verified_total{{issuer=\"{}\",kid=\"{kid}\"}}",
+            issuer.issuer
+        )
+    };
+    let m = sidecar.metrics().await;
+    assert_eq!(metric(&m, &series("2026-10")), 1.0);
+    assert_eq!(metric(&m, &series("2026-11")), 2.0);
+    assert_eq!(metric(&m, &series("other")), 0.0);
+    // A forged kid is no series of its own: only keys of the loaded set are.
+    sidecar
+        .send(&forged(&TestKey::generate("x"), &issuer, "forged-kid"))
+        .await;
+    assert!(!sidecar.metrics().await.contains("forged-kid"));
+}
