@@ -89,6 +89,8 @@ labelled! {
         KeysNotLoaded => "keys_not_loaded",
         SubjectNotAllowed => "subject_not_allowed",
         EmailNotAllowed => "email_not_allowed",
+        /// A signed body the app already acknowledged under another webhook id (`auth.hmac.replay_guard`).
+        ReplayedBody => "replayed_body",
     }
 }
 
@@ -146,7 +148,8 @@ impl Failure {
             | Failure::DisallowedAlgorithm
             | Failure::UnknownKey
             | Failure::SubjectNotAllowed
-            | Failure::EmailNotAllowed => true,
+            | Failure::EmailNotAllowed
+            | Failure::ReplayedBody => true,
         }
     }
 

@@ -139,6 +139,7 @@ mod tests {
                     file: None,
                 })
                 .collect(),
+            replay_guard: false,
         }
     }
 

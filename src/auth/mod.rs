@@ -19,6 +19,7 @@
 //! | `missing_claim` | `iss`, `exp` or `aud` absent: Pitchpoint's ID tokens carry all three |
 //! | `disallowed_algorithm` | an `alg` the issuer's keys are not for (an HMAC `alg` keyed with a public key, say) |
 //! | `unknown_key` | the token names no `kid`, or a key set fetched *after the token arrived* does not hold its `kid`: an issuer publishes a key before it signs with it, so such a set holds every key it signs with (`jwt`) |
+//! | `replayed_body` | with `auth.hmac.replay_guard`: a signed body the app already acknowledged under another webhook id within `dedup.ttl_seconds`, a replay of a captured delivery (the HMAC covers the body only) |
 //! | `subject_not_allowed`, `email_not_allowed` | a valid token of the issuer, but of a subject (or verified email) the issuer's allow-list does not name: any user of a Firebase project holds such tokens |
 //!
 //! Not proof: answered `503` + `Retry-After` (`RETRY_AFTER`), so Pitchpoint sends the event again:

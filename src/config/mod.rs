@@ -187,6 +187,9 @@ pub struct HmacConfig {
     pub header_key: http::HeaderName,
     /// Tried in turn; each with a distinct `name`.
     pub secrets: Vec<Secret>,
+    /// Refuse (`403`, `replayed_body`) a signed body already acknowledged under another webhook id within
+    /// `dedup.ttl_seconds`. Off by default: two distinct events with byte-identical bodies would be refused.
+    pub replay_guard: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -370,6 +373,7 @@ mod tests {
             with(r#"[{ value = "a" }, { value = "b", name = "next" }, { value = "c" }]"#).unwrap();
         let names: Vec<&str> = c.auth.hmac.secrets.iter().map(|s| &*s.name).collect();
         assert_eq!(names, ["0", "next", "2"]);
+        assert!(!c.auth.hmac.replay_guard, "off by default");
 
         let e = with(r#"[{ value = "a", name = "x" }, { value = "b", name = "x" }]"#).unwrap_err();
         assert_eq!(e.key, "auth.hmac.secrets[1].name", "{e}");
@@ -382,6 +386,14 @@ mod tests {
             let e = with(&format!("[{{ value = \"a\", name = \"{bad}\" }}]")).unwrap_err();
             assert_eq!(e.key, "auth.hmac.secrets[0].name", "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn the_replay_guard_is_a_key_of_auth_hmac() {
+        let c = parse(&format!("{MINIMAL}replay_guard = true\n")).unwrap();
+        assert!(c.auth.hmac.replay_guard);
+        let e = parse(&format!("{MINIMAL}replay_guard = \"yes\"\n")).unwrap_err();
+        assert_eq!(e.key, "auth.hmac.replay_guard", "{e}");
     }
 
     #[test]

@@ -175,6 +175,7 @@ impl Default for RawAuth {
 pub struct RawHmac {
     pub header: String,
     pub secrets: Vec<RawSecret>,
+    pub replay_guard: bool,
 }
 
 impl Default for RawHmac {
@@ -185,6 +186,7 @@ impl Default for RawHmac {
                 env: Some("PPS_WEBHOOK_SECRET".into()),
                 ..RawSecret::default()
             }],
+            replay_guard: false,
         }
     }
 }

@@ -254,6 +254,7 @@ impl Validator<'_> {
                 header,
                 header_key,
                 secrets,
+                replay_guard: raw.hmac.replay_guard,
             },
             jwt,
         })
