@@ -26,6 +26,41 @@ async fn jwt_sidecar(app: &TestApp, issuer: &TestIssuer, extra: &str) -> Sidecar
     sidecar
 }
 
+/// A sidecar trusting, with `methods`, an issuer that is not up yet at `addr` (`TestIssuer::start_on`
+/// brings it up); `claims` are valid claims of it.
+struct LateIssuer {
+    key: TestKey,
+    addr: std::net::SocketAddr,
+    claims: serde_json::Value,
+    app: TestApp,
+    sidecar: Sidecar,
+}
+
+impl LateIssuer {
+    async fn start(methods: &str) -> LateIssuer {
+        let [addr] = free_addrs();
+        let app = TestApp::start().await;
+        let url = format!("http://{addr}/late-project");
+        let sidecar = Sidecar::start(&app, &trust_toml(&url, "late-project", methods)).await;
+        let t = now();
+        let claims = json!({ "iss": url, "aud": "late-project", "sub": "pitchpoint-webhooks",
+                             "iat": t, "exp": t + 3600 });
+        LateIssuer {
+            key: TestKey::generate("k1"),
+            addr,
+            claims,
+            app,
+            sidecar,
+        }
+    }
+
+    async fn come_up(&self) -> TestIssuer {
+        let issuer = TestIssuer::start_on(self.addr, "late-project", &[&self.key]).await;
+        wait_ready(&self.sidecar).await;
+        issuer
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_token_passes_and_the_app_sees_subject_and_issuer() {
     let key = TestKey::generate("k1");
@@ -170,13 +205,41 @@ async fn invalid_tokens_get_403_and_the_app_is_untouched() {
     }
 }
 
+/// An issuer that publishes `old` and will publish `new`, and a sidecar that trusts it.
+struct Rotation {
+    old: TestKey,
+    new: TestKey,
+    issuer: TestIssuer,
+    app: TestApp,
+    sidecar: Sidecar,
+}
+
+impl Rotation {
+    async fn start() -> Rotation {
+        let old = TestKey::generate("2026-10");
+        let new = TestKey::generate("2026-11");
+        let issuer = TestIssuer::start("my-project", &[&old]).await;
+        let app = TestApp::start().await;
+        let sidecar = jwt_sidecar(&app, &issuer, "").await;
+        Rotation {
+            old,
+            new,
+            issuer,
+            app,
+            sidecar,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_added_to_the_jwks_is_used_without_a_restart() {
-    let old = TestKey::generate("2026-10");
-    let new = TestKey::generate("2026-11");
-    let issuer = TestIssuer::start("my-project", &[&old]).await;
-    let app = TestApp::start().await;
-    let sidecar = jwt_sidecar(&app, &issuer, "").await;
+    let Rotation {
+        old,
+        new,
+        issuer,
+        sidecar,
+        ..
+    } = Rotation::start().await;
     let before = issuer.jwks_fetches();
     issuer.set_keys(&[&old, &new]);
     let r = sidecar
@@ -257,19 +320,14 @@ async fn valid_tokens_keep_passing_when_the_issuer_goes_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_until_the_jwks_is_loaded() {
-    let key = TestKey::generate("k1");
-    let [addr] = free_addrs();
-    let app = TestApp::start().await;
-    let issuer_url = format!("http://{addr}/late-project");
-    let toml = trust_toml(&issuer_url, "late-project", "[\"jwt\"]");
-    let sidecar = Sidecar::start(&app, &toml).await;
-    let r = sidecar.admin_get("/readyz").await;
+    let late = LateIssuer::start("[\"jwt\"]").await;
+    let r = late.sidecar.admin_get("/readyz").await;
     assert_eq!(r.status, 503);
     assert!(r.text().contains("jwks: not loaded"), "{}", r.text());
-    let issuer = TestIssuer::start_on(addr, "late-project", &[&key]).await;
-    wait_ready(&sidecar).await;
-    let r = sidecar
-        .send(&bearer(Delivery::json(), &key.token(&issuer.claims())))
+    let _issuer = late.come_up().await;
+    let r = late
+        .sidecar
+        .send(&bearer(Delivery::json(), &late.key.token(&late.claims)))
         .await;
     assert_eq!(r.status, 200);
 }
@@ -308,34 +366,21 @@ async fn with_hmac_and_jwt_either_credential_alone_is_enough() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_token_gets_503_not_403_while_the_issuers_keys_cannot_be_loaded() {
-    let key = TestKey::generate("k1");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let app = TestApp::start().await;
-    let issuer_url = format!("http://{addr}/late-project");
-    let toml = format!(
-        "[auth]\nmethods = [\"jwt\"]\n\n[[auth.jwt.issuers]]\nissuer = \"{issuer_url}\"\naudiences = [\"late-project\"]\n"
-    );
-    let sidecar = Sidecar::start(&app, &toml).await;
-    let t = now();
-    let claims = json!({ "iss": issuer_url, "aud": "late-project", "sub": "pitchpoint-webhooks",
-                         "iat": t, "exp": t + 3600 });
-    let r = sidecar
-        .send(&bearer(Delivery::json(), &key.token(&claims)))
-        .await;
+    let late = LateIssuer::start("[\"jwt\"]").await;
+    let d = bearer(Delivery::json(), &late.key.token(&late.claims));
+    let r = late.sidecar.send(&d).await;
     assert_eq!(r.status, 503, "undecidable is not forged: {}", r.text());
     assert!(
         r.get("retry-after").is_some(),
         "Pitchpoint is told to retry"
     );
-    assert_eq!(app.count(), 0);
-    sidecar.log_with("auth_failure=keys_not_loaded", 1).await;
-
-    let _issuer = TestIssuer::start_on(addr, "late-project", &[&key]).await;
-    wait_ready(&sidecar).await;
-    let r = sidecar
-        .send(&bearer(Delivery::json(), &key.token(&claims)))
+    assert_eq!(late.app.count(), 0);
+    late.sidecar
+        .log_with("auth_failure=keys_not_loaded", 1)
         .await;
+
+    let _issuer = late.come_up().await;
+    let r = late.sidecar.send(&d).await;
     assert_eq!(r.status, 200, "the retry goes through once the keys load");
 }
 
@@ -413,12 +458,14 @@ fn forged(key: &TestKey, issuer: &TestIssuer, kid: &str) -> Delivery {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forger_sending_unknown_kids_cannot_keep_a_newly_published_key_out() {
-    let old = TestKey::generate("2026-10");
-    let new = TestKey::generate("2026-11");
+    let Rotation {
+        old,
+        new,
+        issuer,
+        app,
+        sidecar,
+    } = Rotation::start().await;
     let forger = TestKey::generate("forged");
-    let issuer = TestIssuer::start("my-project", &[&old]).await;
-    let app = TestApp::start().await;
-    let sidecar = jwt_sidecar(&app, &issuer, "").await;
 
     // An unknown kid is looked up at once: missing from keys fetched after the token arrived, it is proof.
     let before = issuer.jwks_fetches();
@@ -476,28 +523,21 @@ async fn a_forger_sending_unknown_kids_cannot_keep_a_newly_published_key_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_hmac_and_jwt_a_bad_signature_is_not_proof_while_the_token_cannot_be_checked() {
-    let key = TestKey::generate("k1");
-    let [addr] = free_addrs();
-    let app = TestApp::start().await;
-    let issuer_url = format!("http://{addr}/late-project");
-    let toml = trust_toml(&issuer_url, "late-project", "[\"hmac\", \"jwt\"]");
-    let sidecar = Sidecar::start(&app, &toml).await;
-    let t = now();
-    let claims = json!({ "iss": issuer_url, "aud": "late-project", "sub": "pitchpoint-webhooks",
-                         "iat": t, "exp": t + 3600 });
-    let d = bearer(Delivery::json(), &key.token(&claims))
+    let late = LateIssuer::start("[\"hmac\", \"jwt\"]").await;
+    let d = bearer(Delivery::json(), &late.key.token(&late.claims))
         .set("X-Pps-Hmac-Sha256", Some(&"0".repeat(64)));
-    let r = sidecar.send(&d).await;
+    let r = late.sidecar.send(&d).await;
     assert_eq!(r.status, 503, "the token may still verify it: {}", r.text());
     assert!(r.get("retry-after").is_some());
-    sidecar.log_with("auth_failure=keys_not_loaded", 1).await;
+    late.sidecar
+        .log_with("auth_failure=keys_not_loaded", 1)
+        .await;
 
-    let _issuer = TestIssuer::start_on(addr, "late-project", &[&key]).await;
-    wait_ready(&sidecar).await;
-    assert_eq!(sidecar.send(&d).await.status, 200, "and it does");
+    let _issuer = late.come_up().await;
+    assert_eq!(late.sidecar.send(&d).await.status, 200, "and it does");
     let unsigned = Delivery::json().set("X-Pps-Hmac-Sha256", Some(&"0".repeat(64)));
-    assert_eq!(sidecar.send(&unsigned).await.status, 403);
-    assert_eq!(app.count(), 1);
+    assert_eq!(late.sidecar.send(&unsigned).await.status, 403);
+    assert_eq!(late.app.count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
