@@ -72,13 +72,18 @@ impl Admin {
             "/spool/replay" => self.replay(session).await,
             "/metrics" => {
                 self.count_spool().await;
-                let mut r = text(
-                    200,
-                    METRICS.render(
-                        self.shared.dedup.entries(),
-                        self.shared.bodies.held() as u64,
-                    ),
+                let mut page = METRICS.render(
+                    self.shared.dedup.entries(),
+                    self.shared.bodies.held() as u64,
                 );
+                let live = self.shared.live();
+                crate::auth::series::render(
+                    &mut page,
+                    &live.config.auth,
+                    live.jwt.as_deref(),
+                    crate::timefmt::unix_now(),
+                );
+                let mut r = text(200, page);
                 r.headers_mut().insert(
                     "Content-Type",
                     http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -485,7 +485,7 @@ impl Histogram {
 }
 
 /// Name, type and help of a metric family.
-type Meta = (&'static str, &'static str, &'static str);
+pub(crate) type Meta = (&'static str, &'static str, &'static str);
 
 fn load(a: &AtomicU64) -> u64 {
     a.load(Relaxed)
@@ -498,7 +498,8 @@ fn labelled<const N: usize>(w: &mut String, meta: Meta, label: &str, values: [(&
     }
 }
 
-fn header(w: &mut String, (name, kind, help): Meta) {
+/// The `# HELP` and `# TYPE` lines of a family (also for the series `crate::auth::series` renders).
+pub(crate) fn header(w: &mut String, (name, kind, help): Meta) {
     let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 

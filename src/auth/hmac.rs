@@ -1,34 +1,89 @@
 //! `X-Pps-Hmac-Sha256`: lowercase hex of HMAC-SHA256(secret, raw body).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::Failure;
 use crate::config::HmacConfig;
 
-/// Verifies `signature` (the header's value) over `body` with every secret still valid at `now`.
+/// Verifies `signature` (the header's value) over `body` with every secret in force at `now`; the name of
+/// the secret that verified it.
 ///
 /// The comparison is constant-time (`verify_slice`); trying each secret in turn is what makes rotation
-/// work: the old and the new secret are both configured while Pitchpoint switches.
-pub fn verify(cfg: &HmacConfig, signature: &[u8], body: &[u8], now: i64) -> Result<(), Failure> {
+/// work: the old and the new secret are both configured while Pitchpoint switches. When no secret is in
+/// force any more, nothing can be verified: that is a configuration problem, not a forgery
+/// (`Failure::NoValidSecret`, answered 503), and it is said loudly.
+pub fn verify(
+    cfg: &HmacConfig,
+    signature: &[u8],
+    body: &[u8],
+    now: i64,
+) -> Result<Arc<str>, Failure> {
     let expected = decode_hex32(signature.trim_ascii()).ok_or(Failure::MalformedSignature)?;
-    let mut any_valid = false;
-    for secret in &cfg.secrets {
-        if secret.not_after.is_some_and(|t| now > t) {
-            continue;
-        }
-        any_valid = true;
+    let mut any_in_force = false;
+    for secret in cfg.secrets.iter().filter(|s| s.in_force(now)) {
+        any_in_force = true;
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&secret.key)
             .expect("HMAC accepts keys of any length");
         mac.update(body);
         if mac.verify_slice(&expected).is_ok() {
-            return Ok(());
+            return Ok(secret.name.clone());
         }
     }
-    if any_valid {
+    if any_in_force {
         Err(Failure::BadSignature)
     } else {
+        log_none_in_force(cfg, now);
         Err(Failure::NoValidSecret)
+    }
+}
+
+/// How many configured secrets are past their `not_after` at `now` (`pps_sidecar_hmac_secrets_expired`).
+pub fn expired(cfg: &HmacConfig, now: i64) -> usize {
+    cfg.secrets.iter().filter(|s| !s.in_force(now)).count()
+}
+
+/// A line for `/readyz` when a configured secret is past its `not_after`, naming the secrets (never their
+/// values); `None` when every secret is in force. Informational: with no secret in force every delivery
+/// is answered 503 until the configuration is fixed, on every replica alike.
+pub fn status(cfg: &HmacConfig, now: i64) -> Option<String> {
+    let past = names(cfg, |s| !s.in_force(now));
+    match expired(cfg, now) {
+        0 => None,
+        n if n == cfg.secrets.len() => Some(format!(
+            "hmac: every secret is past its not_after ({past}): deliveries are answered 503"
+        )),
+        _ => Some(format!(
+            "hmac: past its not_after and still configured: {past}"
+        )),
+    }
+}
+
+/// The names of the secrets that `pick` selects, comma-separated.
+fn names(cfg: &HmacConfig, pick: impl Fn(&crate::config::Secret) -> bool) -> String {
+    let names: Vec<&str> = cfg
+        .secrets
+        .iter()
+        .filter(|s| pick(s))
+        .map(|s| &*s.name)
+        .collect();
+    names.join(", ")
+}
+
+/// Every delivery meets an all-expired configuration: the error is logged at most once a minute.
+fn log_none_in_force(cfg: &HmacConfig, now: i64) {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let last = LAST.load(Relaxed);
+    if now.saturating_sub(last) >= 60 && LAST.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
+    {
+        log::error!(
+            "auth.hmac: every secret is past its not_after ({}): deliveries are answered 503 until a \
+             secret in force is configured",
+            names(cfg, |_| true)
+        );
     }
 }
 
@@ -78,12 +133,13 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, (k, na))| Secret {
-                    name: format!("s{i}"),
+                    name: format!("s{i}").into(),
                     key: k.as_bytes().to_vec(),
                     not_after: *na,
                     file: None,
                 })
                 .collect(),
+            replay_guard: false,
         }
     }
 
@@ -99,15 +155,18 @@ mod tests {
     fn any_configured_secret_verifies_and_case_of_hex_does_not_matter() {
         let c = cfg(&[("old", None), ("new", None)]);
         let sig = sign(b"new", b"{}");
-        assert_eq!(verify(&c, sig.as_bytes(), b"{}", 0), Ok(()));
-        assert_eq!(verify(&c, sig.to_uppercase().as_bytes(), b"{}", 0), Ok(()));
+        assert_eq!(verify(&c, sig.as_bytes(), b"{}", 0), Ok("s1".into()));
+        assert_eq!(
+            verify(&c, sig.to_uppercase().as_bytes(), b"{}", 0),
+            Ok("s1".into())
+        );
     }
 
     #[test]
     fn expired_secret_no_longer_verifies() {
         let c = cfg(&[("old", Some(100)), ("new", None)]);
         let sig = sign(b"old", b"{}");
-        assert_eq!(verify(&c, sig.as_bytes(), b"{}", 100), Ok(()));
+        assert_eq!(verify(&c, sig.as_bytes(), b"{}", 100), Ok("s0".into()));
         assert_eq!(
             verify(&c, sig.as_bytes(), b"{}", 101),
             Err(Failure::BadSignature)
@@ -120,5 +179,33 @@ mod tests {
         for bad in [&b""[..], b"zz", &[b'g'; 64], &[b'a'; 63], &[b'a'; 66]] {
             assert_eq!(verify(&c, bad, b"{}", 0), Err(Failure::MalformedSignature));
         }
+    }
+
+    #[test]
+    fn with_every_secret_past_its_not_after_nothing_is_proven_and_status_names_them() {
+        let c = cfg(&[("old", Some(100)), ("new", Some(200))]);
+        let sig = sign(b"new", b"{}");
+        assert_eq!(status(&c, 100), None);
+        assert_eq!(expired(&c, 150), 1);
+        assert_eq!(
+            status(&c, 150).as_deref(),
+            Some("hmac: past its not_after and still configured: s0")
+        );
+        assert_eq!(verify(&c, sig.as_bytes(), b"{}", 150), Ok("s1".into()));
+        for forged_or_not in [sig.clone(), sign(b"forged", b"{}")] {
+            let f = verify(&c, forged_or_not.as_bytes(), b"{}", 201).unwrap_err();
+            assert_eq!(f, Failure::NoValidSecret);
+            assert!(!f.is_proof());
+        }
+        assert_eq!(expired(&c, 201), 2);
+        let line = status(&c, 201).unwrap();
+        assert!(
+            line.contains("every secret") && line.contains("s0, s1"),
+            "{line}"
+        );
+        assert!(
+            !line.contains("old") && !line.contains("new"),
+            "never a value"
+        );
     }
 }

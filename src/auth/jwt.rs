@@ -2,8 +2,27 @@
 //!
 //! Crypto is jsonwebtoken on aws-lc-rs, the same library rustls uses for the JWKS fetches: one audited
 //! implementation in the binary, and no RSA-private-key code from the `rsa` crate.
+//!
+//! ## An unknown `kid`
+//!
+//! An issuer publishes a key in its JWKS before it signs with it. So a token whose `kid` is missing from a
+//! key set whose fetch *began after the token arrived* names a key the issuer does not publish: proof
+//! (`unknown_key`, 403). Missing from an older set, it may name a key published since: the token triggers
+//! a refetch, at most one per `UNKNOWN_KID_REFETCH_INTERVAL` per issuer, or waits for the fetch under way;
+//! when neither gives a set fetched after its arrival, the answer is `unknown_key_unchecked` (503 +
+//! `Retry-After`), never a 403.
+//!
+//! A forger sending unknown `kid`s cannot keep a newly published key out: every refetch, whoever caused
+//! it, loads what the issuer publishes, so a forger's refetch after the publication installs the new key.
+//! A genuine token refused meanwhile is retried by Pitchpoint after `Retry-After` (`super::RETRY_AFTER`),
+//! which is no shorter than the window: its retry either may refetch, or finds the set fetched by the
+//! refetch that used the window, which began after the first attempt arrived, so after the publication.
+//! What remains is an issuer whose own replicas disagree about its JWKS for a while; a fetch that fails
+//! keeps the last good set and decides nothing.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -11,6 +30,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::Deserialize;
 
+use super::series::label_value;
 use super::{Failure, Verified};
 use crate::config::{IssuerConfig, JwtConfig, check_fetch_url};
 use crate::metrics::{self, METRICS};
@@ -20,8 +40,13 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// JWKS and discovery documents larger than this are refused.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 /// An unknown `kid` refetches the JWKS at most this often per issuer, so a flood of forged `kid`s
-/// cannot turn the sidecar into a load generator against the issuer.
-const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// cannot turn the sidecar into a load generator against the issuer (720 fetches an hour at most).
+const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
+const _: () = assert!(UNKNOWN_KID_REFETCH_INTERVAL.as_secs() <= super::RETRY_AFTER.as_secs());
+/// Keys of one issuer counted under their own `kid` label in `pps_sidecar_jwt_verified_total`; the others
+/// (and a key whose `kid` is long or is `other`) under `kid="other"`: at most 17 series per issuer.
+const MAX_KID_SERIES: usize = 16;
+const MAX_KID_LABEL_BYTES: usize = 128;
 /// After a failed fetch of keys never loaded, wait this long (doubling, capped) before trying again.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
@@ -40,6 +65,8 @@ struct Issuer {
     state: Mutex<FetchState>,
     /// Single flight: one fetch at a time per issuer; others wait for its result.
     fetching: tokio::sync::Mutex<()>,
+    /// Deliveries verified by a key without a `kid` label of its own.
+    other_verified: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -52,12 +79,18 @@ struct FetchState {
 
 struct KeySet {
     by_kid: HashMap<String, Key>,
+    /// When the fetch that got it began: every key the issuer published before then is in it.
+    fetched_from: Instant,
 }
 
 struct Key {
     decoding: DecodingKey,
     /// The JWK's own `alg`, when it names one: a token must then use exactly that.
     alg: Option<Algorithm>,
+    /// Deliveries it verified: its own counter, kept across refetches while it stays published, or the
+    /// issuer's `other_verified` when it has no label of its own.
+    verified: Arc<AtomicU64>,
+    labelled: bool,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +118,7 @@ impl JwtVerifier {
                 keys: RwLock::new(None),
                 state: Mutex::new(FetchState::default()),
                 fetching: tokio::sync::Mutex::new(()),
+                other_verified: Arc::default(),
             })
             .collect();
         let http = reqwest::Client::builder()
@@ -145,8 +179,9 @@ impl JwtVerifier {
         }
     }
 
-    /// Verifies a bearer token. `Ok(None)`-like absence is handled by the caller.
+    /// Verifies a bearer token: the verified subject, issuer and key, or why not.
     pub async fn verify(&self, token: &str) -> Result<Verified, Failure> {
+        let arrived = Instant::now();
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(Failure::MalformedToken);
         }
@@ -163,36 +198,65 @@ impl JwtVerifier {
         if !issuer.algorithms.contains(&header.alg) {
             return Err(Failure::DisallowedAlgorithm);
         }
-        let kid = header.kid.as_deref().ok_or(Failure::UnknownKey)?;
-
-        let mut keys = issuer.current();
-        if keys.as_ref().is_none_or(|k| !k.by_kid.contains_key(kid)) {
-            if self.may_refetch_for_unknown_kid(issuer) {
-                self.fetch(issuer).await;
-            } else {
-                // Another request may be fetching right now: wait for it rather than fail needlessly.
-                drop(issuer.fetching.lock().await);
-            }
-            keys = issuer.current();
-        }
-        let Some(keys) = keys else {
-            return Err(Failure::KeysNotLoaded);
-        };
-        let key = keys.by_kid.get(kid).ok_or(Failure::UnknownKey)?;
+        // Pitchpoint's tokens name their key: without a `kid` there is no key to check against.
+        let kid = header.kid.ok_or(Failure::UnknownKey)?;
+        let keys = self.keys_naming(issuer, &kid, arrived).await?;
+        let key = keys.by_kid.get(&kid).ok_or(Failure::UnknownKey)?;
         if key.alg.is_some_and(|a| a != header.alg) {
             return Err(Failure::DisallowedAlgorithm);
         }
+        let claims = self.claims(token, header.alg, &issuer.config, &key.decoding)?;
+        allowed(&issuer.config, &claims)?;
+        key.verified.fetch_add(1, Relaxed);
+        Ok(Verified::Jwt {
+            subject: claims.sub.unwrap_or_default(),
+            issuer: claims.iss,
+            kid,
+        })
+    }
 
-        let mut v = Validation::new(header.alg);
+    /// The issuer's key set, once it holds `kid`: refetched for it when allowed (or a fetch under way
+    /// waited for); else what its absence proves (`unknown_kid`).
+    async fn keys_naming(
+        &self,
+        issuer: &Issuer,
+        kid: &str,
+        arrived: Instant,
+    ) -> Result<Arc<KeySet>, Failure> {
+        let holding = |keys: &Arc<KeySet>| keys.by_kid.contains_key(kid);
+        if let Some(keys) = issuer.current().filter(holding) {
+            return Ok(keys);
+        }
+        // Decided under the single-flight lock: a fetch under way has ended (it may have loaded the key),
+        // and the fetch this request is allowed begins before any other request looks.
+        let single = issuer.fetching.lock().await;
+        if issuer.current().is_none_or(|keys| !holding(&keys))
+            && self.may_refetch_for_unknown_kid(issuer)
+        {
+            self.fetch_locked(issuer, &single).await;
+        }
+        match issuer.current() {
+            Some(keys) if holding(&keys) => Ok(keys),
+            keys => Err(unknown_kid(keys.as_deref(), arrived)),
+        }
+    }
+
+    /// The token's claims, its signature and registered claims checked with `key`.
+    fn claims(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        issuer: &IssuerConfig,
+        key: &DecodingKey,
+    ) -> Result<Claims, Failure> {
+        let mut v = Validation::new(alg);
         v.leeway = self.config.leeway_seconds;
         v.validate_exp = true;
         v.validate_nbf = true;
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
-        v.set_issuer(&[&issuer.config.issuer]);
-        v.set_audience(&issuer.config.audiences);
-        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &v).map_err(|e| match e
-            .kind()
-        {
+        v.set_issuer(&[&issuer.issuer]);
+        v.set_audience(&issuer.audiences);
+        let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| match e.kind() {
             ErrorKind::InvalidSignature => Failure::BadSignature,
             ErrorKind::ExpiredSignature => Failure::Expired,
             ErrorKind::ImmatureSignature => Failure::NotYetValid,
@@ -210,11 +274,31 @@ impl JwtVerifier {
         {
             return Err(Failure::NotYetValid);
         }
-        allowed(&issuer.config, &data.claims)?;
-        Ok(Verified::Jwt {
-            subject: data.claims.sub.unwrap_or_default(),
-            issuer: data.claims.iss,
-        })
+        Ok(data.claims)
+    }
+
+    /// `pps_sidecar_jwt_verified_total{issuer, kid}`: per issuer, one series per labelled key of its
+    /// current key set and one `kid="other"`.
+    pub fn render_verified(&self, w: &mut String) {
+        for issuer in &self.issuers {
+            let iss = label_value(&issuer.config.issuer);
+            let keys = issuer.current();
+            let mut labelled: Vec<(&str, u64)> = keys
+                .iter()
+                .flat_map(|keys| keys.by_kid.iter())
+                .filter(|(_, k)| k.labelled)
+                .map(|(kid, k)| (kid.as_str(), k.verified.load(Relaxed)))
+                .collect();
+            labelled.sort_unstable();
+            let other = ("other", issuer.other_verified.load(Relaxed));
+            for (kid, n) in labelled.into_iter().chain([other]) {
+                let kid = label_value(kid);
+                let _ = writeln!(
+                    w,
+                    "pps_sidecar_jwt_verified_total{{issuer=\"{iss}\",kid=\"{kid}\"}} {n}"
+                );
+            }
+        }
     }
 
     fn may_refetch_for_unknown_kid(&self, issuer: &Issuer) -> bool {
@@ -230,12 +314,19 @@ impl JwtVerifier {
         true
     }
 
-    /// Fetches and installs the issuer's key set. A failure keeps the last good set.
+    /// Fetches and installs the issuer's key set, one fetch at a time. A failure keeps the last good set.
     async fn fetch(&self, issuer: &Issuer) {
-        let _single = issuer.fetching.lock().await;
+        let single = issuer.fetching.lock().await;
+        self.fetch_locked(issuer, &single).await;
+    }
+
+    /// `fetch`, with the issuer's single-flight lock held by the caller.
+    async fn fetch_locked(&self, issuer: &Issuer, _single: &tokio::sync::MutexGuard<'_, ()>) {
         let name = &issuer.config.issuer;
+        let fetched_from = Instant::now();
         match self.download(issuer).await {
-            Ok(set) => {
+            Ok(keys) => {
+                let set = issuer.key_set(keys, fetched_from);
                 log::info!("JWKS of {name}: {} key(s) loaded", set.by_kid.len());
                 *issuer.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(set));
                 let mut st = issuer.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -259,7 +350,7 @@ impl JwtVerifier {
         }
     }
 
-    async fn download(&self, issuer: &Issuer) -> Result<KeySet, String> {
+    async fn download(&self, issuer: &Issuer) -> Result<Vec<Published>, String> {
         let uri = match &issuer.config.jwks_uri {
             Some(uri) => uri.clone(),
             None => {
@@ -278,7 +369,7 @@ impl JwtVerifier {
             }
         };
         let set: JwkSet = self.get_json(&uri).await?;
-        let mut by_kid = HashMap::new();
+        let mut keys = Vec::new();
         for jwk in &set.keys {
             let Some(kid) = &jwk.common.key_id else {
                 continue;
@@ -300,12 +391,16 @@ impl JwtVerifier {
                 .common
                 .key_algorithm
                 .and_then(|a| a.to_string().parse::<Algorithm>().ok());
-            by_kid.insert(kid.clone(), Key { decoding, alg });
+            keys.push(Published {
+                kid: kid.clone(),
+                decoding,
+                alg,
+            });
         }
-        if by_kid.is_empty() {
+        if keys.is_empty() {
             return Err("the JWKS holds no usable signing key".into());
         }
-        Ok(KeySet { by_kid })
+        Ok(keys)
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
@@ -335,9 +430,61 @@ impl JwtVerifier {
     }
 }
 
+/// A usable signing key of a JWKS document.
+struct Published {
+    kid: String,
+    decoding: DecodingKey,
+    alg: Option<Algorithm>,
+}
+
 impl Issuer {
     fn current(&self) -> Option<Arc<KeySet>> {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The key set of `keys`, fetched from `fetched_from`. The first `MAX_KID_SERIES` `kid`s (in order)
+    /// get a label of their own, and keep their counters from the set in force.
+    fn key_set(&self, mut keys: Vec<Published>, fetched_from: Instant) -> KeySet {
+        let old = self.current();
+        keys.sort_by(|a, b| a.kid.cmp(&b.kid));
+        keys.dedup_by(|a, b| a.kid == b.kid);
+        let mut labels = 0;
+        let by_kid = keys
+            .into_iter()
+            .map(|p| {
+                let labelled = labels < MAX_KID_SERIES
+                    && p.kid != "other"
+                    && p.kid.len() <= MAX_KID_LABEL_BYTES;
+                labels += usize::from(labelled);
+                let verified = match old.as_ref().and_then(|o| o.by_kid.get(&p.kid)) {
+                    _ if !labelled => self.other_verified.clone(),
+                    Some(before) if before.labelled => before.verified.clone(),
+                    _ => Arc::default(),
+                };
+                let key = Key {
+                    decoding: p.decoding,
+                    alg: p.alg,
+                    verified,
+                    labelled,
+                };
+                (p.kid, key)
+            })
+            .collect();
+        KeySet {
+            by_kid,
+            fetched_from,
+        }
+    }
+}
+
+/// What a `kid` missing from `keys`, the key set held after a refetch was tried, proves about a token
+/// that `arrived` then: nothing when no set was fetched since (the key may have been published since),
+/// that the issuer does not publish that key otherwise.
+fn unknown_kid(keys: Option<&KeySet>, arrived: Instant) -> Failure {
+    match keys {
+        None => Failure::KeysNotLoaded,
+        Some(k) if k.fetched_from >= arrived => Failure::UnknownKey,
+        Some(_) => Failure::UnknownKeyUnchecked,
     }
 }
 
@@ -381,4 +528,91 @@ fn allowed(issuer: &IssuerConfig, claims: &Claims) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier() -> JwtVerifier {
+        JwtVerifier::new(&JwtConfig {
+            leeway_seconds: 60,
+            jwks_refresh: Duration::from_secs(3600),
+            issuers: vec![IssuerConfig {
+                issuer: "https://securetoken.google.com/p".into(),
+                audiences: vec!["p".into()],
+                jwks_uri: None,
+                algorithms: vec!["RS256".into()],
+                subjects: Vec::new(),
+                emails: Vec::new(),
+            }],
+        })
+    }
+
+    fn published(kids: &[&str]) -> Vec<Published> {
+        kids.iter()
+            .map(|kid| Published {
+                kid: kid.to_string(),
+                decoding: DecodingKey::from_secret(b"unused").unwrap(),
+                alg: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_unknown_kid_is_proof_only_against_keys_fetched_after_the_token_arrived() {
+        let v = verifier();
+        let issuer = &v.issuers[0];
+        let before = Instant::now();
+        let arrived = before + Duration::from_millis(1);
+        assert_eq!(unknown_kid(None, arrived), Failure::KeysNotLoaded);
+        let stale = issuer.key_set(published(&["a"]), before);
+        assert_eq!(
+            unknown_kid(Some(&stale), arrived),
+            Failure::UnknownKeyUnchecked
+        );
+        assert!(!unknown_kid(Some(&stale), arrived).is_proof());
+        let fresh = issuer.key_set(published(&["a"]), arrived);
+        assert_eq!(unknown_kid(Some(&fresh), arrived), Failure::UnknownKey);
+        assert!(unknown_kid(Some(&fresh), arrived).is_proof());
+    }
+
+    #[test]
+    fn kid_series_are_bounded_and_a_key_keeps_its_count_across_refetches() {
+        let v = verifier();
+        let issuer = &v.issuers[0];
+        let many: Vec<String> = (0..20).map(|i| format!("k{i:02}")).collect();
+        let mut kids: Vec<&str> = many.iter().map(String::as_str).collect();
+        kids.push("other");
+        let set = issuer.key_set(published(&kids), Instant::now());
+        let labelled = set.by_kid.values().filter(|k| k.labelled).count();
+        assert_eq!(labelled, MAX_KID_SERIES);
+        assert!(
+            !set.by_kid["other"].labelled,
+            "no key takes the catch-all's label"
+        );
+        set.by_kid["k00"].verified.fetch_add(3, Relaxed);
+        set.by_kid["k19"].verified.fetch_add(2, Relaxed);
+        *issuer.keys.write().unwrap() = Some(Arc::new(set));
+
+        let mut page = String::new();
+        v.render_verified(&mut page);
+        assert_eq!(page.lines().count(), MAX_KID_SERIES + 1, "{page}");
+        let iss = "issuer=\"https://securetoken.google.com/p\"";
+        assert!(page.contains(&format!("{{{iss},kid=\"k00\"}} 3")), "{page}");
+        assert!(
+            page.contains(&format!("{{{iss},kid=\"other\"}} 2")),
+            "{page}"
+        );
+
+        // Rotated: k00 stays published and keeps its count; k01 is gone, and so is its series.
+        let next = issuer.key_set(published(&["k00", "new"]), Instant::now());
+        assert_eq!(next.by_kid["k00"].verified.load(Relaxed), 3);
+        assert_eq!(next.by_kid["new"].verified.load(Relaxed), 0);
+        *issuer.keys.write().unwrap() = Some(Arc::new(next));
+        let mut page = String::new();
+        v.render_verified(&mut page);
+        assert_eq!(page.lines().count(), 3, "{page}");
+        assert!(!page.contains("k01"), "{page}");
+    }
 }

@@ -185,7 +185,11 @@ pub struct HmacConfig {
     pub header: String,
     /// The same, parsed once: looked up on every delivery.
     pub header_key: http::HeaderName,
+    /// Tried in turn; each with a distinct `name`.
     pub secrets: Vec<Secret>,
+    /// Refuse (`403`, `replayed_body`) a signed body already acknowledged under another webhook id within
+    /// `dedup.ttl_seconds`. Off by default: two distinct events with byte-identical bodies would be refused.
+    pub replay_guard: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -356,6 +360,40 @@ mod tests {
             Config::load(&config).unwrap().auth.hmac.secrets[0].key,
             b"second"
         );
+    }
+
+    #[test]
+    fn secrets_are_named_by_their_name_or_position_and_names_are_distinct_and_plain() {
+        let with = |secrets: &str| {
+            parse(&format!(
+                "[upstream]\naddress = \"127.0.0.1:3000\"\n[auth.hmac]\nsecrets = {secrets}\n"
+            ))
+        };
+        let c =
+            with(r#"[{ value = "a" }, { value = "b", name = "next" }, { value = "c" }]"#).unwrap();
+        let names: Vec<&str> = c.auth.hmac.secrets.iter().map(|s| &*s.name).collect();
+        assert_eq!(names, ["0", "next", "2"]);
+        assert!(!c.auth.hmac.replay_guard, "off by default");
+
+        let e = with(r#"[{ value = "a", name = "x" }, { value = "b", name = "x" }]"#).unwrap_err();
+        assert_eq!(e.key, "auth.hmac.secrets[1].name", "{e}");
+        let e = with(r#"[{ value = "a" }, { value = "b", name = "0" }]"#).unwrap_err();
+        assert_eq!(
+            e.key, "auth.hmac.secrets[1].name",
+            "a name may not take a position's"
+        );
+        for bad in ["", "with space", "quote\\\"", "é", &"x".repeat(65)] {
+            let e = with(&format!("[{{ value = \"a\", name = \"{bad}\" }}]")).unwrap_err();
+            assert_eq!(e.key, "auth.hmac.secrets[0].name", "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_replay_guard_is_a_key_of_auth_hmac() {
+        let c = parse(&format!("{MINIMAL}replay_guard = true\n")).unwrap();
+        assert!(c.auth.hmac.replay_guard);
+        let e = parse(&format!("{MINIMAL}replay_guard = \"yes\"\n")).unwrap_err();
+        assert_eq!(e.key, "auth.hmac.replay_guard", "{e}");
     }
 
     #[test]

@@ -175,6 +175,7 @@ impl Default for RawAuth {
 pub struct RawHmac {
     pub header: String,
     pub secrets: Vec<RawSecret>,
+    pub replay_guard: bool,
 }
 
 impl Default for RawHmac {
@@ -185,6 +186,7 @@ impl Default for RawHmac {
                 env: Some("PPS_WEBHOOK_SECRET".into()),
                 ..RawSecret::default()
             }],
+            replay_guard: false,
         }
     }
 }
@@ -196,6 +198,8 @@ pub struct RawSecret {
     pub file: Option<PathBuf>,
     pub value: Option<String>,
     pub not_after: Option<String>,
+    /// The `secret` label of `pps_sidecar_hmac_verified_total`; default: the position.
+    pub name: Option<String>,
 }
 
 #[derive(Deserialize)]

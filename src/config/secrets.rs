@@ -4,6 +4,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::raw::RawSecret;
 use crate::timefmt;
@@ -11,14 +12,25 @@ use crate::timefmt;
 /// Key material. `Debug` never prints it.
 #[derive(Clone)]
 pub struct Secret {
-    /// Where it came from, for logs: `auth.hmac.secrets[1]`.
-    pub name: String,
+    /// Its `name`, or its position (`"0"`, `"1"`...): the `secret` label of
+    /// `pps_sidecar_hmac_verified_total`, and what logs and the access line call it.
+    pub name: Arc<str>,
     pub key: Vec<u8>,
     /// Unix seconds after which the secret no longer verifies anything.
     pub not_after: Option<i64>,
     /// The file it was read from, watched for changes.
     pub file: Option<PathBuf>,
 }
+
+impl Secret {
+    /// Whether it still verifies deliveries at `now` (unix seconds): not past its `not_after`.
+    pub fn in_force(&self, now: i64) -> bool {
+        self.not_after.is_none_or(|t| now <= t)
+    }
+}
+
+/// Longest `name` of a secret: it is a metric label and a word of the access line.
+const MAX_NAME_LEN: usize = 64;
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -54,13 +66,18 @@ impl ReadLog {
     }
 }
 
-/// Resolves the secret at `key`; `Err` is `(key, reason)`, never quoting the material.
+/// Resolves the secret at `key`, the `position`-th; `Err` is `(key, reason)`, never quoting the material.
 pub fn resolve(
     key: &str,
+    position: usize,
     raw: RawSecret,
     base: &Path,
     read: &ReadLog,
 ) -> Result<Secret, (String, String)> {
+    let name = match raw.name {
+        Some(name) => checked_name(name).map_err(|reason| (format!("{key}.name"), reason))?,
+        None => position.to_string(),
+    };
     let sources = raw.env.is_some() as u8 + raw.file.is_some() as u8 + raw.value.is_some() as u8;
     if sources != 1 {
         return Err((
@@ -112,9 +129,21 @@ pub fn resolve(
         None => None,
     };
     Ok(Secret {
-        name: key.to_string(),
+        name: name.into(),
         key: material.into_bytes(),
         not_after,
         file,
     })
+}
+
+/// A secret's `name`: letters, digits, `_`, `-`, `.`, at most `MAX_NAME_LEN` of them, so that it reads
+/// the same as a metric label, in a logfmt line and in a JSON one.
+fn checked_name(name: String) -> Result<String, String> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !name.chars().all(plain) {
+        return Err(format!(
+            "a secret's name is 1 to {MAX_NAME_LEN} letters, digits, '_', '-' or '.', such as \"next\""
+        ));
+    }
+    Ok(name)
 }

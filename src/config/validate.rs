@@ -241,21 +241,7 @@ impl Validator<'_> {
             return Err(self.err("auth.hmac.header", "is not a valid HTTP header name"));
         };
         let secrets = if methods.contains(&Method::Hmac) {
-            if raw.hmac.secrets.is_empty() {
-                return Err(self.err(
-                    "auth.hmac.secrets",
-                    "needs at least one secret when \"hmac\" is in auth.methods",
-                ));
-            }
-            raw.hmac
-                .secrets
-                .into_iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    secrets::resolve(&format!("auth.hmac.secrets[{i}]"), s, self.base, &self.read)
-                        .map_err(|(key, reason)| self.err(key, reason))
-                })
-                .collect::<Result<Vec<_>, _>>()?
+            self.secrets(raw.hmac.secrets)?
         } else {
             Vec::new()
         };
@@ -268,9 +254,34 @@ impl Validator<'_> {
                 header,
                 header_key,
                 secrets,
+                replay_guard: raw.hmac.replay_guard,
             },
             jwt,
         })
+    }
+
+    /// Each secret resolved; their names (the `secret` label) distinct, or two would count as one.
+    fn secrets(&self, raw: Vec<RawSecret>) -> Result<Vec<Secret>, ConfigError> {
+        if raw.is_empty() {
+            return Err(self.err(
+                "auth.hmac.secrets",
+                "needs at least one secret when \"hmac\" is in auth.methods",
+            ));
+        }
+        let mut out: Vec<Secret> = Vec::with_capacity(raw.len());
+        for (i, s) in raw.into_iter().enumerate() {
+            let key = format!("auth.hmac.secrets[{i}]");
+            let secret = secrets::resolve(&key, i, s, self.base, &self.read)
+                .map_err(|(key, reason)| self.err(key, reason))?;
+            if let Some(j) = out.iter().position(|o| o.name == secret.name) {
+                return Err(self.err(
+                    format!("{key}.name"),
+                    format!("the same name as auth.hmac.secrets[{j}] (a secret without a name is named by its position)"),
+                ));
+            }
+            out.push(secret);
+        }
+        Ok(out)
     }
 
     fn jwt(&self, raw: RawJwt, enabled: bool) -> Result<JwtConfig, ConfigError> {

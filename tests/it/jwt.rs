@@ -1,5 +1,9 @@
 //! JWT bearer authentication against a real loopback OpenID Connect issuer.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use crate::common::oidc::*;
 use crate::common::*;
 use serde_json::json;
@@ -20,6 +24,41 @@ async fn jwt_sidecar(app: &TestApp, issuer: &TestIssuer, extra: &str) -> Sidecar
     let sidecar = Sidecar::start(app, &format!("{}{extra}", issuer.toml("[\"jwt\"]"))).await;
     wait_ready(&sidecar).await;
     sidecar
+}
+
+/// A sidecar trusting, with `methods`, an issuer that is not up yet at `addr` (`TestIssuer::start_on`
+/// brings it up); `claims` are valid claims of it.
+struct LateIssuer {
+    key: TestKey,
+    addr: std::net::SocketAddr,
+    claims: serde_json::Value,
+    app: TestApp,
+    sidecar: Sidecar,
+}
+
+impl LateIssuer {
+    async fn start(methods: &str) -> LateIssuer {
+        let [addr] = free_addrs();
+        let app = TestApp::start().await;
+        let url = format!("http://{addr}/late-project");
+        let sidecar = Sidecar::start(&app, &trust_toml(&url, "late-project", methods)).await;
+        let t = now();
+        let claims = json!({ "iss": url, "aud": "late-project", "sub": "pitchpoint-webhooks",
+                             "iat": t, "exp": t + 3600 });
+        LateIssuer {
+            key: TestKey::generate("k1"),
+            addr,
+            claims,
+            app,
+            sidecar,
+        }
+    }
+
+    async fn come_up(&self) -> TestIssuer {
+        let issuer = TestIssuer::start_on(self.addr, "late-project", &[&self.key]).await;
+        wait_ready(&self.sidecar).await;
+        issuer
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,13 +205,41 @@ async fn invalid_tokens_get_403_and_the_app_is_untouched() {
     }
 }
 
+/// An issuer that publishes `old` and will publish `new`, and a sidecar that trusts it.
+struct Rotation {
+    old: TestKey,
+    new: TestKey,
+    issuer: TestIssuer,
+    app: TestApp,
+    sidecar: Sidecar,
+}
+
+impl Rotation {
+    async fn start() -> Rotation {
+        let old = TestKey::generate("2026-10");
+        let new = TestKey::generate("2026-11");
+        let issuer = TestIssuer::start("my-project", &[&old]).await;
+        let app = TestApp::start().await;
+        let sidecar = jwt_sidecar(&app, &issuer, "").await;
+        Rotation {
+            old,
+            new,
+            issuer,
+            app,
+            sidecar,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_added_to_the_jwks_is_used_without_a_restart() {
-    let old = TestKey::generate("2026-10");
-    let new = TestKey::generate("2026-11");
-    let issuer = TestIssuer::start("my-project", &[&old]).await;
-    let app = TestApp::start().await;
-    let sidecar = jwt_sidecar(&app, &issuer, "").await;
+    let Rotation {
+        old,
+        new,
+        issuer,
+        sidecar,
+        ..
+    } = Rotation::start().await;
     let before = issuer.jwks_fetches();
     issuer.set_keys(&[&old, &new]);
     let r = sidecar
@@ -211,9 +278,20 @@ async fn a_flood_of_unknown_kids_causes_only_a_few_jwks_fetches() {
             async move { send(addr, &d.bytes()).await.status },
         ));
     }
+    let mut proven = 0;
     for t in tasks {
-        assert_eq!(t.await.unwrap(), 403);
+        // 403 when a key set fetched after it arrived lacks its kid; 503 when it arrived before the one
+        // refetch began and no other was allowed: never let through.
+        match t.await.unwrap() {
+            403 => proven += 1,
+            503 => {}
+            other => panic!("a forged kid answered {other}"),
+        }
     }
+    assert!(
+        proven >= 1,
+        "the token that caused the refetch is proven forged"
+    );
     let fetched = issuer.jwks_fetches() - before;
     assert!(fetched <= 2, "{fetched} JWKS fetches for 30 unknown kids");
     assert_eq!(app.count(), 0);
@@ -242,19 +320,14 @@ async fn valid_tokens_keep_passing_when_the_issuer_goes_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_until_the_jwks_is_loaded() {
-    let key = TestKey::generate("k1");
-    let [addr] = free_addrs();
-    let app = TestApp::start().await;
-    let issuer_url = format!("http://{addr}/late-project");
-    let toml = trust_toml(&issuer_url, "late-project", "[\"jwt\"]");
-    let sidecar = Sidecar::start(&app, &toml).await;
-    let r = sidecar.admin_get("/readyz").await;
+    let late = LateIssuer::start("[\"jwt\"]").await;
+    let r = late.sidecar.admin_get("/readyz").await;
     assert_eq!(r.status, 503);
     assert!(r.text().contains("jwks: not loaded"), "{}", r.text());
-    let issuer = TestIssuer::start_on(addr, "late-project", &[&key]).await;
-    wait_ready(&sidecar).await;
-    let r = sidecar
-        .send(&bearer(Delivery::json(), &key.token(&issuer.claims())))
+    let _issuer = late.come_up().await;
+    let r = late
+        .sidecar
+        .send(&bearer(Delivery::json(), &late.key.token(&late.claims)))
         .await;
     assert_eq!(r.status, 200);
 }
@@ -293,34 +366,21 @@ async fn with_hmac_and_jwt_either_credential_alone_is_enough() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_token_gets_503_not_403_while_the_issuers_keys_cannot_be_loaded() {
-    let key = TestKey::generate("k1");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let app = TestApp::start().await;
-    let issuer_url = format!("http://{addr}/late-project");
-    let toml = format!(
-        "[auth]\nmethods = [\"jwt\"]\n\n[[auth.jwt.issuers]]\nissuer = \"{issuer_url}\"\naudiences = [\"late-project\"]\n"
-    );
-    let sidecar = Sidecar::start(&app, &toml).await;
-    let t = now();
-    let claims = json!({ "iss": issuer_url, "aud": "late-project", "sub": "pitchpoint-webhooks",
-                         "iat": t, "exp": t + 3600 });
-    let r = sidecar
-        .send(&bearer(Delivery::json(), &key.token(&claims)))
-        .await;
+    let late = LateIssuer::start("[\"jwt\"]").await;
+    let d = bearer(Delivery::json(), &late.key.token(&late.claims));
+    let r = late.sidecar.send(&d).await;
     assert_eq!(r.status, 503, "undecidable is not forged: {}", r.text());
     assert!(
         r.get("retry-after").is_some(),
         "Pitchpoint is told to retry"
     );
-    assert_eq!(app.count(), 0);
-    sidecar.log_with("auth_failure=keys_not_loaded", 1).await;
-
-    let _issuer = TestIssuer::start_on(addr, "late-project", &[&key]).await;
-    wait_ready(&sidecar).await;
-    let r = sidecar
-        .send(&bearer(Delivery::json(), &key.token(&claims)))
+    assert_eq!(late.app.count(), 0);
+    late.sidecar
+        .log_with("auth_failure=keys_not_loaded", 1)
         .await;
+
+    let _issuer = late.come_up().await;
+    let r = late.sidecar.send(&d).await;
     assert_eq!(r.status, 200, "the retry goes through once the keys load");
 }
 
@@ -385,4 +445,127 @@ async fn with_jwt_only_a_sender_without_a_valid_token_is_refused_before_its_body
     let m = sidecar.admin_get("/metrics").await.text();
     assert_eq!(metric(&m, "pps_sidecar_buffered_bytes"), 0.0);
     assert_eq!(app.count(), 0);
+}
+
+/// A token signed by `key` under an unknown `kid` of the forger's choosing.
+fn forged(key: &TestKey, issuer: &TestIssuer, kid: &str) -> Delivery {
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": kid});
+    bearer(
+        Delivery::json(),
+        &key.token_with_header(&header, &issuer.claims()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forger_sending_unknown_kids_cannot_keep_a_newly_published_key_out() {
+    let Rotation {
+        old,
+        new,
+        issuer,
+        app,
+        sidecar,
+    } = Rotation::start().await;
+    let forger = TestKey::generate("forged");
+
+    // An unknown kid is looked up at once: missing from keys fetched after the token arrived, it is proof.
+    let before = issuer.jwks_fetches();
+    let r = sidecar.send(&forged(&forger, &issuer, "forged-0")).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(issuer.jwks_fetches(), before + 1);
+
+    // Pitchpoint publishes its new key and signs with it while that refetch's window still runs.
+    issuer.set_keys(&[&old, &new]);
+    let genuine = bearer(Delivery::json(), &new.token(&issuer.claims()));
+    let r = sidecar.send(&genuine).await;
+    assert_eq!(
+        r.status,
+        503,
+        "not proven forged, so not a 403: {}",
+        r.text()
+    );
+    let retry_after: u64 = r.get("retry-after").expect("Retry-After").parse().unwrap();
+    sidecar
+        .log_with("auth_failure=unknown_key_unchecked", 1)
+        .await;
+
+    // The forger keeps sending unknown kids while Pitchpoint waits as it was told to.
+    let stop = Arc::new(AtomicBool::new(false));
+    let forging = {
+        let (stop, addr) = (stop.clone(), sidecar.addr);
+        let tokens: Vec<Vec<u8>> = (1..=1000)
+            .map(|i| forged(&forger, &issuer, &format!("forged-{i}")).bytes())
+            .collect();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for token in tokens.iter().cycle() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                answers.push(send(addr, token).await.status);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            answers
+        })
+    };
+    // Pitchpoint's retry, after the Retry-After it was given: the sender's side of the contract.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let r = sidecar.send(&genuine).await;
+    stop.store(true, Ordering::SeqCst);
+    let answers = forging.await.unwrap();
+    assert_eq!(r.status, 200, "the retry gets through: {}", r.text());
+    assert!(!answers.is_empty());
+    assert!(
+        answers.iter().all(|s| *s == 403 || *s == 503),
+        "{answers:?}"
+    );
+    assert_eq!(app.count(), 1, "only the genuine delivery reached the app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_hmac_and_jwt_a_bad_signature_is_not_proof_while_the_token_cannot_be_checked() {
+    let late = LateIssuer::start("[\"hmac\", \"jwt\"]").await;
+    let d = bearer(Delivery::json(), &late.key.token(&late.claims))
+        .set("X-Pps-Hmac-Sha256", Some(&"0".repeat(64)));
+    let r = late.sidecar.send(&d).await;
+    assert_eq!(r.status, 503, "the token may still verify it: {}", r.text());
+    assert!(r.get("retry-after").is_some());
+    late.sidecar
+        .log_with("auth_failure=keys_not_loaded", 1)
+        .await;
+
+    let _issuer = late.come_up().await;
+    assert_eq!(late.sidecar.send(&d).await.status, 200, "and it does");
+    let unsigned = Delivery::json().set("X-Pps-Hmac-Sha256", Some(&"0".repeat(64)));
+    assert_eq!(late.sidecar.send(&unsigned).await.status, 403);
+    assert_eq!(late.app.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_are_counted_by_issuer_and_signing_key() {
+    let old = TestKey::generate("2026-10");
+    let new = TestKey::generate("2026-11");
+    let issuer = TestIssuer::start("my-project", &[&old, &new]).await;
+    let app = TestApp::start().await;
+    let sidecar = jwt_sidecar(&app, &issuer, "").await;
+    for key in [&old, &new, &new] {
+        let r = sidecar
+            .send(&bearer(Delivery::json(), &key.token(&issuer.claims())))
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let series = |kid: &str| {
+        format!(
+            "pps_sidecar_jwt_verified_total{{issuer=\"{}\",kid=\"{kid}\"}}",
+            issuer.issuer
+        )
+    };
+    let m = sidecar.metrics().await;
+    assert_eq!(metric(&m, &series("2026-10")), 1.0);
+    assert_eq!(metric(&m, &series("2026-11")), 2.0);
+    assert_eq!(metric(&m, &series("other")), 0.0);
+    // A forged kid is no series of its own: only keys of the loaded set are.
+    sidecar
+        .send(&forged(&TestKey::generate("x"), &issuer, "forged-kid"))
+        .await;
+    assert!(!sidecar.metrics().await.contains("forged-kid"));
 }

@@ -17,4 +17,5 @@ mod operations;
 mod redis;
 mod redis_faults;
 mod retry;
+mod secrets;
 mod spool;
