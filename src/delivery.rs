@@ -59,13 +59,15 @@ mod lower {
 
 /// Reads the delivery's identifying headers.
 pub fn read(req: &RequestHeader) -> Result<Delivery, HeaderError> {
-    let required = |key, name| match text(req, key, name)? {
+    let required = |key: &HeaderName, name| match text(req, key, name)? {
         Some(v) if !v.is_empty() => Ok(v),
         _ => Err(HeaderError::Missing(name)),
     };
     let webhook_id = required(&lower::WEBHOOK_ID, headers::WEBHOOK_ID)?;
     let topic = required(&lower::TOPIC, headers::TOPIC)?;
-    let optional = |key, name| Ok(text(req, key, name)?.filter(|v: &String| !v.is_empty()));
+    let optional = |key: &HeaderName, name| {
+        Ok::<_, HeaderError>(text(req, key, name)?.filter(|v: &String| !v.is_empty()))
+    };
     let sub_topic = optional(&lower::SUB_TOPIC, headers::SUB_TOPIC)?;
     let tenant = optional(&lower::TENANT_ID, headers::TENANT_ID)?;
     let triggered_at = triggered_at(req)?;

@@ -113,7 +113,7 @@ fn restart_needed(old: &Config, new: &Config, startup: Deadlines) -> Vec<&'stati
     if old.server.shutdown_grace != new.server.shutdown_grace {
         out.push("server.shutdown_grace_seconds");
     }
-    if new.upstream.deadlines().exchange > startup.exchange {
+    if new.deadlines().exchange > startup.exchange {
         out.push("upstream timeouts (raised: one exchange with the app stays capped at the start-up connect + 2 x read)");
     }
     let (a, b) = (&old.dedup, &new.dedup);
@@ -205,7 +205,7 @@ mod tests {
     fn redis_settings_changed_by_a_reload_are_named_as_needing_a_restart() {
         let base = "redis_url = \"redis://127.0.0.1:6379\"\nredis_prefix = \"a:\"\n";
         let old = config(base);
-        let startup = old.upstream.deadlines();
+        let startup = old.deadlines();
         assert!(restart_needed(&old, &config(base), startup).is_empty());
         for (change, named) in [
             (

@@ -88,7 +88,7 @@ fn check_listeners(config: &Config) {
 
 /// The dedup store the configuration names, its claims sized by `config::Deadlines`.
 fn dedup(config: &Config) -> Dedup {
-    let in_flight_ttl = config.upstream.deadlines().claim;
+    let in_flight_ttl = config.deadlines().claim;
     let d = &config.dedup;
     let local = MemoryStore::new(d.max_entries, d.ttl, in_flight_ttl);
     let store: Arc<dyn DedupStore> = match (d.backend, &d.redis_url) {

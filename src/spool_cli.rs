@@ -35,9 +35,9 @@ pub fn run(c: &Config, cmd: SpoolCommand) -> ExitCode {
                     time(m.time_ms),
                     m.status,
                     m.verified,
-                    m.tenant.as_deref().unwrap_or("-"),
+                    m.key.tenant().unwrap_or("-"),
                     m.topic,
-                    m.webhook_id,
+                    m.key.webhook_id(),
                     l.bytes
                 );
             }
@@ -76,9 +76,9 @@ fn show(store: &Store, id: &str) -> ExitCode {
                 time(m.time_ms),
                 m.status,
                 m.verified,
-                m.tenant.as_deref().unwrap_or("-"),
+                m.key.tenant().unwrap_or("-"),
                 m.topic,
-                m.webhook_id
+                m.key.webhook_id()
             );
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(&e.head);

@@ -31,7 +31,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config, dedup: Dedup) -> Self {
-        let startup = config.upstream.deadlines();
+        let startup = config.deadlines();
         let app = Arc::new(App::new(&config.upstream, startup));
         let jwt = jwt_verifier(&config, None);
         Self {
@@ -55,7 +55,7 @@ impl Shared {
     /// app, and the JWKS already fetched, are kept when their settings did not change.
     pub fn replace(&self, config: Config) {
         let old = self.live();
-        let deadlines = config.upstream.deadlines().within(self.startup);
+        let deadlines = config.deadlines().within(self.startup);
         let app = if old.config.upstream == config.upstream {
             old.app.clone()
         } else {

@@ -104,20 +104,25 @@ impl UpstreamConfig {
     }
 
     /// The deadlines these timeouts imply.
-    pub fn deadlines(&self) -> Deadlines {
-        Deadlines::new(self.connect_timeout, self.read_timeout)
+    /// The deadlines of an exchange with this app; `relay`: how long a sender may take to take an answer.
+    pub fn deadlines(&self, relay: Duration) -> Deadlines {
+        Deadlines::new(self.connect_timeout, self.read_timeout, relay)
     }
 }
 
 /// How long one exchange with the app may take, and how long a dedup claim lives: the one place that
-/// states the rule "a claim outlives the whole exchange, the app's answer read to its end", so that a copy
-/// retried by the sender can never find the claim expired while the first copy is still with the app.
+/// states the rule "a claim outlives the whole exchange, the app's answer read to its end and relayed",
+/// so that a copy retried by the sender can never find the claim expired while the first copy is still
+/// with the app or on its way back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {
     /// Connect, write, and every wait for the answer's head, informational answers included.
     pub exchange: Duration,
-    /// The answer's body, read and relayed: the claim is settled at its end.
+    /// The waits for the app's answer body: the claim is settled at its end.
     pub answer_body: Duration,
+    /// The waits for the sender to take an answer (`server.body_timeout_ms`): a sender that reads slowly
+    /// never holds the app's side, and never releases an acknowledged event.
+    pub relay: Duration,
     /// A claim whose owner vanished (a crash, a lost release) blocks its key this long, at most.
     pub claim: Duration,
 }
@@ -127,13 +132,14 @@ impl Deadlines {
     /// (a Redis round trip at worst) happens in it.
     const CLAIM_MARGIN: Duration = Duration::from_secs(10);
 
-    fn new(connect: Duration, read: Duration) -> Self {
+    fn new(connect: Duration, read: Duration, relay: Duration) -> Self {
         let exchange = connect + read * 2;
         let answer_body = read * 2;
         Self {
             exchange,
             answer_body,
-            claim: exchange + answer_body + Self::CLAIM_MARGIN,
+            relay,
+            claim: exchange + answer_body + relay + Self::CLAIM_MARGIN,
         }
     }
 
@@ -143,6 +149,7 @@ impl Deadlines {
         Deadlines {
             exchange: self.exchange.min(startup.exchange),
             answer_body: self.answer_body.min(startup.answer_body),
+            relay: self.relay.min(startup.relay),
             claim: startup.claim,
         }
     }
@@ -256,6 +263,11 @@ pub struct FiltersConfig {
 }
 
 impl Config {
+    /// The deadlines of a delivery's exchange and the lifetime of its claim.
+    pub fn deadlines(&self) -> Deadlines {
+        self.upstream.deadlines(self.server.body_timeout)
+    }
+
     /// Reads, parses and validates `path`, resolving every secret it references.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -485,9 +497,9 @@ mod tests {
 
     #[test]
     fn a_claim_outlives_the_whole_exchange_even_after_a_reload_raises_the_timeouts() {
-        let startup = parse(MINIMAL).unwrap().upstream.deadlines();
+        let startup = parse(MINIMAL).unwrap().deadlines();
         assert_eq!(startup.exchange, Duration::from_millis(2_000 + 2 * 30_000));
-        assert!(startup.claim > startup.exchange + startup.answer_body);
+        assert!(startup.claim > startup.exchange + startup.answer_body + startup.relay);
         let with_read = |ms: u64| {
             parse(&format!(
                 "[upstream]\naddress = \"127.0.0.1:3000\"\nread_timeout_ms = {ms}\n\
@@ -496,13 +508,11 @@ mod tests {
         };
         let raised = with_read(90_000)
             .unwrap()
-            .upstream
             .deadlines()
             .within(startup);
         assert_eq!(raised, startup);
         let lowered = with_read(1_000)
             .unwrap()
-            .upstream
             .deadlines()
             .within(startup);
         assert!(lowered.exchange < startup.exchange && lowered.claim == startup.claim);

@@ -89,9 +89,9 @@ pub async fn forward(rq: &mut Request<'_>, sent: Sent<'_>) -> (Relayed, Duration
         },
     );
     let stake = Stake {
-        spool: sent.verified.and(cfg.spool.as_ref()).map(|cfg| Spooled {
+        spool: sent.verified.zip(cfg.spool.as_ref()).map(|(v, cfg)| Spooled {
             cfg: cfg.clone(),
-            pending: spool::Pending::new(sent.verified.map_or("", Verified::label), &head),
+            pending: spool::Pending::new(cfg, v.label(), &head),
             delivery: sent.delivery.clone(),
             body: sent.body.bytes.clone(),
         }),

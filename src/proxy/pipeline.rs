@@ -156,7 +156,7 @@ async fn claim(
     };
     // The replay guard is for what an HMAC cannot prove (when a body was signed); a token's `exp` bounds
     // its own replays.
-    let guard_body = cfg.auth.hmac.replay_guard && matches!(verified, Verified::Hmac);
+    let guard_body = cfg.auth.hmac.replay_guard && matches!(verified, Verified::Hmac { .. });
     let digest = BodyDigest::of(&body.bytes);
     match dedup.claim(d.key(), digest, guard_body).await {
         Claim::Acquired(guard) => Ok(Some(guard)),

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 
-use crate::auth::Failure;
+use crate::auth::{Failure, RETRY_AFTER};
 use crate::outcome::Outcome;
 use crate::upstream::AppFailure;
 
@@ -52,7 +52,7 @@ impl Reply {
 
     /// `503` with `Retry-After`: Pitchpoint sends the delivery again later.
     pub fn retry_later(outcome: Outcome, body: &'static str) -> Self {
-        Self::new(503, outcome, body).header("Retry-After", "5")
+        Self::new(503, outcome, body).header("Retry-After", RETRY_AFTER.as_secs().to_string())
     }
 
     /// `502` or `504`: the app gave no answer, and Pitchpoint will retry.

@@ -60,13 +60,15 @@ pub fn delivery_head(req: &RequestHeader, f: &Forwarding<'_>) -> Vec<u8> {
         triggered_at(&mut w, raw.as_bytes());
     }
     match f.verified {
-        Some(Verified::Jwt { subject, issuer }) => {
+        Some(Verified::Jwt {
+            subject, issuer, ..
+        }) => {
             w.header(headers::VERIFIED.as_bytes(), b"jwt");
             // A `sub` is JSON and may hold any character: one that is no header value is left out.
             w.header(headers::JWT_SUBJECT.as_bytes(), subject.as_bytes());
             w.header(headers::JWT_ISSUER.as_bytes(), issuer.as_bytes());
         }
-        Some(Verified::Hmac) => {
+        Some(Verified::Hmac { .. }) => {
             w.header(headers::VERIFIED.as_bytes(), b"hmac");
         }
         None => {

@@ -12,13 +12,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use crate::dedup::Key;
+
 /// The index of the spool directory in force; `None` before the first scan.
 static INDEX: Mutex<Option<Index>> = Mutex::new(None);
 
 pub struct Item {
     pub bytes: u64,
     pub time_ms: u64,
-    pub key: String,
+    pub key: Key,
 }
 
 /// The entries of one directory, by id: ids sort by time, so the first is the oldest.
@@ -26,7 +28,7 @@ pub struct Index {
     pub dir: PathBuf,
     pub entries: BTreeMap<String, Item>,
     /// The id of each event's entry (dedup key to id): one entry per event.
-    pub by_key: HashMap<String, String>,
+    pub by_key: HashMap<Key, String>,
     pub total: u64,
 }
 

@@ -6,7 +6,8 @@
 //! at rest.
 //!
 //! `store` is the directory (atomic, bounded, private files); `replay` re-sends entries through the running
-//! sidecar, under the same dedup contract as a delivery. The proxy's only call is `Pending::keep`.
+//! sidecar, under the same dedup contract as a delivery. The proxy calls `Pending::keep` and
+//! `acknowledged` when it settles a verified delivery (`proxy::Stake`), and nothing else.
 
 mod index;
 mod replay;
@@ -15,9 +16,9 @@ mod store;
 pub use replay::{ReplayRequest, is_loopback_peer, replay};
 pub use store::{Entry, Listed, Meta, Store, now_ms, prepare_dir};
 
-use crate::auth::Verified;
 use crate::config::SpoolConfig;
-use crate::headers::Delivery;
+use crate::dedup::Key;
+use crate::delivery::Delivery;
 use crate::metrics::METRICS;
 
 /// At start: removes what a crash left half-written, applies the bounds, and sets the gauges.
@@ -33,7 +34,7 @@ pub fn open(cfg: &SpoolConfig) {
 
 /// The app acknowledged the event with `key` (a retry got through): an entry of it is dropped, so that no
 /// replay can deliver it a second time.
-pub async fn acknowledged(cfg: &SpoolConfig, key: &str) {
+pub async fn acknowledged(cfg: &SpoolConfig, key: &Key) {
     let id = index::lock()
         .as_ref()
         .filter(|i| i.dir == cfg.dir)
@@ -47,7 +48,8 @@ pub async fn acknowledged(cfg: &SpoolConfig, key: &str) {
     }
 }
 
-/// A verified delivery on its way to the app, ready to be spooled if the app refuses it.
+/// A verified delivery on its way to the app, ready to be spooled if the app refuses it. Only a verified
+/// delivery ever makes one (`proxy::Stake`).
 pub struct Pending {
     cfg: SpoolConfig,
     verified: &'static str,
@@ -55,18 +57,13 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// `None` when there is no spool, or when the delivery is not verified (shadow mode): only a delivery
-    /// that passed verification is ever kept.
-    pub fn new(
-        cfg: Option<&SpoolConfig>,
-        verified: Option<&Verified>,
-        head: &[u8],
-    ) -> Option<Self> {
-        Some(Self {
-            cfg: cfg?.clone(),
-            verified: verified?.label(),
+    /// `verified`: how it was verified (`hmac`, `jwt`); `head`: as the app receives it.
+    pub fn new(cfg: &SpoolConfig, verified: &'static str, head: &[u8]) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            verified,
             head: head.to_vec(),
-        })
+        }
     }
 
     /// Spools the delivery when `status` (the app's, or 502 / 504) is one the spool keeps. The entry is on
@@ -80,8 +77,7 @@ impl Pending {
             time_ms: now_ms(),
             status,
             verified: self.verified.to_string(),
-            tenant: delivery.tenant.clone(),
-            webhook_id: delivery.webhook_id.clone(),
+            key: delivery.key(),
             topic: delivery.topic.clone(),
             head_len: 0,
             body_len: 0,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{Listed, Store, now_ms};
 use crate::config::SpoolConfig;
-use crate::dedup::{Claim, ClaimGuard};
+use crate::dedup::{AppAnswer, BodyDigest, Claim};
 use crate::headers;
 use crate::metrics::METRICS;
 use crate::outcome::Replayed;
@@ -81,39 +81,47 @@ async fn one(shared: &Shared, store: &Store, id: &str) -> (Replayed, Option<u16>
         return (Replayed::Expired, None);
     }
     let guard = if live.config.dedup.enabled {
-        match shared.dedup.claim(entry.meta.dedup_key()).await {
+        let digest = BodyDigest::of(&entry.body);
+        match shared.dedup.claim(entry.meta.key.clone(), digest, false).await {
             Claim::Acquired(g) => Some(g),
-            Claim::Duplicate(status) => {
+            Claim::Duplicate { status, .. } => {
                 remove(store, id).await;
                 return (Replayed::Duplicate, Some(status));
             }
-            Claim::Busy => return (Replayed::Busy, None),
+            Claim::Busy | Claim::ReplayedBody | Claim::Unavailable => {
+                return (Replayed::Busy, None);
+            }
         }
     } else {
         None
     };
     let head = replayed_head(entry.head);
-    let answer = live.app.send(head, &entry.body.into()).await;
-    let (status, failed) = match &answer {
-        Ok(exchange) => (exchange.status(), false),
-        Err(failure) => (failure.status(), true),
+    let answer = match live.app.send(head, &entry.body.into()).await {
+        Ok(mut exchange) => {
+            // Read to its end: only a whole 2xx answer acknowledges the event (`AppAnswer`).
+            let whole = tokio::time::timeout(live.deadlines.answer_body, exchange.drain())
+                .await
+                .unwrap_or(false);
+            AppAnswer {
+                status: exchange.status(),
+                whole,
+            }
+        }
+        Err(failure) => AppAnswer {
+            status: failure.status(),
+            whole: false,
+        },
     };
-    // The answer's body is not read: dropping the exchange closes its connection.
-    drop(answer);
-    settle(guard, status).await;
-    if (200..300).contains(&status) {
-        remove(store, id).await;
-        (Replayed::Delivered, Some(status))
-    } else if failed {
-        (Replayed::Failed, Some(status))
-    } else {
-        (Replayed::Refused, Some(status))
-    }
-}
-
-async fn settle(guard: Option<ClaimGuard>, status: u16) {
     if let Some(g) = guard {
-        g.settle(status).await;
+        g.settle(answer).await;
+    }
+    if answer.acknowledged() {
+        remove(store, id).await;
+        (Replayed::Delivered, Some(answer.status))
+    } else if !answer.whole {
+        (Replayed::Failed, Some(answer.status))
+    } else {
+        (Replayed::Refused, Some(answer.status))
     }
 }
 

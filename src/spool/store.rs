@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::config::SpoolConfig;
+use crate::dedup::Key;
 use crate::metrics::METRICS;
 use crate::outcome::SpoolDropped;
 
@@ -33,22 +34,12 @@ pub struct Meta {
     pub status: u16,
     /// `X-Pps-Verified` as it was: `hmac` or `jwt`.
     pub verified: String,
-    pub tenant: Option<String>,
-    pub webhook_id: String,
+    /// The event's dedup key, as the pipeline made it (its fields are `tenant` and `webhook_id`).
+    #[serde(flatten)]
+    pub key: Key,
     pub topic: String,
     pub head_len: usize,
     pub body_len: usize,
-}
-
-impl Meta {
-    /// The dedup key, as `headers::Delivery::dedup_key` makes it.
-    pub fn dedup_key(&self) -> String {
-        format!(
-            "{}\n{}",
-            self.tenant.as_deref().unwrap_or(""),
-            self.webhook_id
-        )
-    }
 }
 
 /// One entry read back whole.
@@ -152,7 +143,7 @@ impl Store {
         let item = Item {
             bytes: (line_len + head.len() + body.len()) as u64,
             time_ms: meta.time_ms,
-            key: meta.dedup_key(),
+            key: meta.key.clone(),
         };
         let mut index = index::lock();
         match index.as_mut() {
@@ -180,7 +171,7 @@ impl Store {
             let item = Item {
                 bytes: l.bytes,
                 time_ms: l.meta.time_ms,
-                key: l.meta.dedup_key(),
+                key: l.meta.key.clone(),
             };
             if let Some(older) = idx.insert(l.id, item) {
                 self.drop_entry(&mut idx, &older, SpoolDropped::Superseded);
@@ -226,7 +217,7 @@ impl Store {
 
     fn drop_entry(&self, idx: &mut Index, id: &str, reason: SpoolDropped) {
         let mut webhook_id = String::new();
-        let raw = idx.entries.get(id).and_then(|i| i.key.split('\n').nth(1));
+        let raw = idx.entries.get(id).map(|i| i.key.webhook_id());
         crate::logging::quote(&mut webhook_id, raw.unwrap_or(""));
         idx.remove(id);
         if self.checked_path(id).and_then(fs::remove_file).is_ok() {
@@ -362,8 +353,7 @@ mod tests {
             time_ms,
             status: 404,
             verified: "hmac".into(),
-            tenant: Some("t".into()),
-            webhook_id: format!("w{time_ms}"),
+            key: Key::new(Some("t"), &format!("w{time_ms}")),
             topic: "orders/placed".into(),
             head_len: 4,
             body_len: body.len(),
@@ -380,7 +370,7 @@ mod tests {
             (e.head.as_slice(), e.body.as_slice()),
             (&b"HEAD"[..], &b"{}"[..])
         );
-        assert!(e.meta.dedup_key().starts_with("t\nw"));
+        assert_eq!(e.meta.key.tenant(), Some("t"));
         let mode = fs::metadata(s.path(&id)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(s.remove(&id) && !s.remove(&id));
