@@ -259,7 +259,7 @@ impl Sidecar {
         body: deliver::Body,
     ) -> Result<deliver::Forwarded, Reply> {
         deliver::filter(&live.config.filters, delivery)?;
-        let claim = deliver::claim(&self.shared.dedup, &live.config, delivery).await?;
+        let claim = deliver::claim(&self.shared.dedup, &live.config, delivery, &body.bytes).await?;
         let sent = deliver::Sent {
             delivery,
             verified: verified.as_ref(),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{Listed, Store, now_ms};
 use crate::config::SpoolConfig;
-use crate::dedup::{Claim, ClaimGuard};
+use crate::dedup::{AppAnswer, BodyDigest, Claim, ClaimGuard, Key};
 use crate::headers;
 use crate::metrics::METRICS;
 use crate::outcome::Replayed;
@@ -81,13 +81,20 @@ async fn one(shared: &Shared, store: &Store, id: &str) -> (Replayed, Option<u16>
         return (Replayed::Expired, None);
     }
     let guard = if live.config.dedup.enabled {
-        match shared.dedup.claim(entry.meta.dedup_key()).await {
+        let key = Key::new(entry.meta.tenant.as_deref(), &entry.meta.webhook_id);
+        match shared
+            .dedup
+            .claim(key, BodyDigest::of(&entry.body), false)
+            .await
+        {
             Claim::Acquired(g) => Some(g),
-            Claim::Duplicate(status) => {
+            Claim::Duplicate { status, .. } => {
                 remove(store, id).await;
                 return (Replayed::Duplicate, Some(status));
             }
-            Claim::Busy => return (Replayed::Busy, None),
+            Claim::Busy | Claim::ReplayedBody | Claim::Unavailable => {
+                return (Replayed::Busy, None);
+            }
         }
     } else {
         None
@@ -113,7 +120,11 @@ async fn one(shared: &Shared, store: &Store, id: &str) -> (Replayed, Option<u16>
 
 async fn settle(guard: Option<ClaimGuard>, status: u16) {
     if let Some(g) = guard {
-        g.settle(status).await;
+        g.settle(AppAnswer {
+            status,
+            whole: true,
+        })
+        .await;
     }
 }
 
