@@ -116,16 +116,7 @@ fn restart_needed(old: &Config, new: &Config, startup: Deadlines) -> Vec<&'stati
     if new.deadlines().exchange > startup.exchange {
         out.push("upstream timeouts (raised: one exchange with the app stays capped at the start-up connect + 2 x read)");
     }
-    let (a, b) = (&old.dedup, &new.dedup);
-    if a.ttl != b.ttl || a.max_entries != b.max_entries || a.backend != b.backend {
-        out.push("dedup.ttl_seconds, max_entries or backend");
-    }
-    if a.redis_url != b.redis_url || a.redis_prefix != b.redis_prefix {
-        out.push("dedup.redis_url or redis_prefix");
-    }
-    if a.redis_timeout != b.redis_timeout || a.in_flight_wait != b.in_flight_wait {
-        out.push("dedup.redis_timeout_ms or in_flight_wait_ms");
-    }
+    out.extend(old.dedup.restart_needed(&new.dedup));
     out
 }
 

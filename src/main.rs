@@ -12,7 +12,7 @@ mod spool_cli;
 /// free lists make the many small per-request allocations (headers, buffers) cheap.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use pps_sidecar::config::{Backend, Config, Method};
+use pps_sidecar::config::{Config, Method};
 
 /// Verifies, deduplicates and normalises Pitchpoint webhooks in front of an app.
 #[derive(Parser)]
@@ -151,15 +151,7 @@ fn summary(c: &Config) -> String {
         c.webhooks.paths.join(" "),
         methods.join(" + "),
         if c.auth.enforce { "" } else { " (shadow mode)" },
-        if c.dedup.enabled {
-            let backend = match c.dedup.backend {
-                Backend::Memory => "memory",
-                Backend::Redis => "redis",
-            };
-            format!("{backend}, ttl {}s", c.dedup.ttl.as_secs())
-        } else {
-            "off".into()
-        },
+        c.dedup.describe(),
         c.spool.as_ref().map_or("off".into(), |s| format!(
             "{} (max {} bytes, {} h)",
             s.dir.display(),

@@ -30,6 +30,7 @@ pub struct Metrics {
     jwks_ok: AtomicU64,
     jwks_failed: AtomicU64,
     dedup_errors: AtomicU64,
+    dedup_body_mismatches: AtomicU64,
     replays_ok: AtomicU64,
     replays_failed: AtomicU64,
     commits_dropped: AtomicU64,
@@ -71,6 +72,7 @@ impl Metrics {
             jwks_ok: AtomicU64::new(0),
             jwks_failed: AtomicU64::new(0),
             dedup_errors: AtomicU64::new(0),
+            dedup_body_mismatches: AtomicU64::new(0),
             replays_ok: AtomicU64::new(0),
             replays_failed: AtomicU64::new(0),
             commits_dropped: AtomicU64::new(0),
@@ -154,6 +156,15 @@ impl Metrics {
 
     pub fn dedup_error(&self) {
         self.dedup_errors.fetch_add(1, Relaxed);
+    }
+
+    /// A duplicate of a done event came with another body than the acknowledged one.
+    pub fn dedup_body_mismatch(&self) {
+        self.dedup_body_mismatches.fetch_add(1, Relaxed);
+    }
+
+    pub fn dedup_body_mismatches(&self) -> u64 {
+        load(&self.dedup_body_mismatches)
     }
 
     /// A commit that failed to reach Redis was written there later (`Success`), or failed again.
@@ -333,6 +344,14 @@ impl Metrics {
                     "Dedup store operations that failed and fell back to the local cache.",
                 ),
                 load(&self.dedup_errors) as i64,
+            ),
+            (
+                (
+                    "pps_sidecar_dedup_body_mismatch_total",
+                    "counter",
+                    "Duplicates of an acknowledged event whose body differs from the acknowledged one (a replay or a sender bug).",
+                ),
+                load(&self.dedup_body_mismatches) as i64,
             ),
             (
                 (

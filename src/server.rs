@@ -9,10 +9,8 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::{self, Admin};
-use crate::config::{Backend, Config};
-use crate::dedup::memory::MemoryStore;
-use crate::dedup::redis::RedisStore;
-use crate::dedup::{Dedup, DedupStore};
+use crate::config::Config;
+use crate::dedup::Dedup;
 use crate::lifecycle::{self, JwksRefresher, Reloader};
 use crate::limits::ConnectionLimits;
 use crate::listener::Listener;
@@ -41,7 +39,7 @@ pub fn run(config: Config) -> ! {
         config.server.listen,
         config.upstream.address
     );
-    let dedup = dedup(&config);
+    let dedup = Dedup::from_config(&config.dedup, config.deadlines().claim);
     if let Some(cfg) = &config.spool {
         crate::spool::open(cfg);
     }
@@ -84,28 +82,6 @@ fn check_listeners(config: &Config) {
             std::process::exit(1);
         }
     }
-}
-
-/// The dedup store the configuration names, its claims sized by `config::Deadlines`.
-fn dedup(config: &Config) -> Dedup {
-    let in_flight_ttl = config.deadlines().claim;
-    let d = &config.dedup;
-    let local = MemoryStore::new(d.max_entries, d.ttl, in_flight_ttl);
-    let store: Arc<dyn DedupStore> = match (d.backend, &d.redis_url) {
-        (Backend::Redis, Some(url)) => Arc::new(
-            RedisStore::new(
-                url,
-                &d.redis_prefix,
-                d.redis_timeout,
-                d.ttl,
-                in_flight_ttl,
-                local,
-            )
-            .expect("the URL was validated with the configuration"),
-        ),
-        _ => Arc::new(local),
-    };
-    Dedup::new(store, d.in_flight_wait)
 }
 
 /// The webhook listener: deliveries and pass-through within the connection limits of `server.*`.

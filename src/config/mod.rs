@@ -224,13 +224,53 @@ pub struct DedupConfig {
     pub ttl: Duration,
     pub max_entries: u64,
     pub backend: Backend,
-    pub redis_url: Option<String>,
-    /// Prepended to every Redis key, so that several apps can share one Redis. Required with Redis.
-    pub redis_prefix: String,
-    /// Each Redis operation gives up after this and falls back to the local cache.
-    pub redis_timeout: Duration,
+    /// Present with `backend = "redis"`.
+    pub redis: Option<RedisConfig>,
     /// How long a duplicate waits for the first copy, still in flight, before it is answered 503.
     pub in_flight_wait: Duration,
+}
+
+/// The shared store (`crate::dedup::redis`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://` or `unix://` as written, without credentials.
+    pub url: String,
+    /// Prepended to every Redis key, so that several apps can share one Redis.
+    pub prefix: String,
+    /// Each Redis operation gives up after this.
+    pub timeout: Duration,
+}
+
+impl DedupConfig {
+    /// The settings a running process keeps from its start: the store is built once.
+    pub fn restart_needed(&self, new: &DedupConfig) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.ttl != new.ttl || self.max_entries != new.max_entries || self.backend != new.backend
+        {
+            out.push("dedup.ttl_seconds, max_entries or backend");
+        }
+        let (a, b) = (self.redis.as_ref(), new.redis.as_ref());
+        if a.map(|r| (&r.url, &r.prefix)) != b.map(|r| (&r.url, &r.prefix)) {
+            out.push("dedup.redis_url or redis_prefix");
+        }
+        if a.map(|r| r.timeout) != b.map(|r| r.timeout) || self.in_flight_wait != new.in_flight_wait
+        {
+            out.push("dedup.redis_timeout_ms or in_flight_wait_ms");
+        }
+        out
+    }
+
+    /// For `check`'s summary line: the backend and its mode, never a credential.
+    pub fn describe(&self) -> String {
+        if !self.enabled {
+            return "off".into();
+        }
+        let backend = match &self.redis {
+            Some(_) if self.backend == Backend::Redis => "redis".to_string(),
+            _ => "memory".to_string(),
+        };
+        format!("{backend}, ttl {}s", self.ttl.as_secs())
+    }
 }
 
 /// The dead-letter spool of verified deliveries the app refused (`crate::spool`).
@@ -449,7 +489,7 @@ mod tests {
         let e = parse(&text).unwrap_err();
         assert_eq!(e.key, "dedup.redis_prefix", "{e}");
         let ok = parse(&format!("{text}redis_prefix = \"orders:\"\n")).unwrap();
-        assert_eq!(ok.dedup.redis_prefix, "orders:");
+        assert_eq!(ok.dedup.redis.unwrap().prefix, "orders:");
     }
 
     #[test]

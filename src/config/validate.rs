@@ -344,26 +344,23 @@ impl Validator<'_> {
         if raw.max_entries == 0 {
             return Err(self.err("dedup.max_entries", "must be greater than 0"));
         }
-        if raw.backend == Backend::Redis {
-            self.redis(&raw)?;
-        }
         if raw.redis_timeout_ms == 0 {
             return Err(self.err("dedup.redis_timeout_ms", "must be greater than 0"));
         }
+        let redis = match raw.backend {
+            Backend::Redis => Some(self.redis(&raw)?),
+            Backend::Memory => None,
+        };
         Ok(DedupConfig {
             enabled: raw.enabled,
             ttl: Duration::from_secs(raw.ttl_seconds),
             max_entries: raw.max_entries,
             backend: raw.backend,
-            redis_url: raw.redis_url,
-            redis_prefix: raw.redis_prefix.unwrap_or_default(),
-            redis_timeout: Duration::from_millis(raw.redis_timeout_ms),
+            redis,
             in_flight_wait: Duration::from_millis(raw.in_flight_wait_ms),
         })
     }
 
-    /// Two apps sharing one Redis under a default prefix would answer each other's events as duplicates:
-    /// the prefix has no default.
     fn spool(&self, raw: RawSpool) -> Result<Option<SpoolConfig>, ConfigError> {
         let Some(dir) = raw.dir else {
             return Ok(None);
@@ -386,7 +383,9 @@ impl Validator<'_> {
         }))
     }
 
-    fn redis(&self, raw: &RawDedup) -> Result<(), ConfigError> {
+    /// Two apps sharing one Redis under a default prefix would answer each other's events as duplicates:
+    /// the prefix has no default.
+    fn redis(&self, raw: &RawDedup) -> Result<RedisConfig, ConfigError> {
         let Some(url) = &raw.redis_url else {
             return Err(self.err(
                 "dedup.redis_url",
@@ -397,21 +396,22 @@ impl Validator<'_> {
         if redis::Client::open(url.as_str()).is_err() {
             return Err(self.err(
                 "dedup.redis_url",
-                "expected redis://[:password@]host[:port][/db] (or rediss://, unix://)",
+                "expected redis://host[:port][/db] (or rediss://, unix://)",
             ));
         }
-        if raw
-            .redis_prefix
-            .as_deref()
-            .is_none_or(|p| p.trim().is_empty())
-        {
+        let prefix = raw.redis_prefix.as_deref().unwrap_or("");
+        if prefix.trim().is_empty() {
             return Err(self.err(
                 "dedup.redis_prefix",
                 "is required when dedup.backend = \"redis\": it names this app's keys in a shared Redis \
                  (such as \"orders-app:\")",
             ));
         }
-        Ok(())
+        Ok(RedisConfig {
+            url: url.clone(),
+            prefix: prefix.to_string(),
+            timeout: Duration::from_millis(raw.redis_timeout_ms),
+        })
     }
 }
 

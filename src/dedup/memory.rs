@@ -17,12 +17,17 @@
 //! million ids are about 1 in 3.7e7, with 128 bits about 1e-27. The key is random per process, so no sender
 //! can aim at a collision.
 //!
-//! Claims in flight are few (one per concurrent request) and keep their key string and a channel on which
-//! duplicates wait for the outcome. A claim looks the id up in moka under its shard's lock, and a commit
-//! records the id in moka before it removes the claim: a claim sees one or the other, never neither.
+//! Claims in flight are few (one per concurrent request) and keep a channel on which duplicates wait for
+//! the outcome. A claim looks the id up in moka under its shard's lock, and a commit records the id in moka
+//! before it removes the claim: a claim sees one or the other, never neither.
+//!
+//! A done id keeps its status and the 128-bit body digest (`Done`, 20 bytes inline in moka's entry). The
+//! replay guard's index, body -> the key that holds it, costs nothing while the guard is off: it is only
+//! written for claims that ask for the guard, as a second moka cache beside the first (done bodies) and a
+//! second set of sharded maps (bodies in flight). A guarded claim takes its key's shard lock, then its
+//! body's (always in that order), so that two keys racing with one body cannot both get through.
 
 use std::collections::HashMap;
-use std::collections::hash_map::{Entry, RandomState};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -31,9 +36,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
+use std::collections::hash_map::RandomState;
 use tokio::sync::watch;
 
-use super::{DedupStore, StoreClaim};
+use super::{Body, BodyDigest, DedupStore, Done, Held, Key, StoreClaim};
 
 /// Shards of the claims in flight: enough that request threads rarely queue on one lock.
 const CLAIM_SHARDS: usize = 32;
@@ -43,17 +49,17 @@ const SWEEP_AT: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Settled {
     Pending,
-    Done(u16),
+    Done(Done),
     Released,
 }
 
-/// A 128-bit hash of an id.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// A 128-bit keyed hash of a key or of a body digest.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Id([u64; 2]);
 
 impl Hash for Id {
-    /// The hash is already keyed and uniform: moka uses its first half as is. The claims' shard is picked
-    /// from the second half.
+    /// The hash is already keyed and uniform: moka and the maps use its first half as is. The shard is
+    /// picked from the second half.
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(self.0[0]);
     }
@@ -79,6 +85,9 @@ impl Hasher for IdHasher {
     }
 }
 
+type IdMap<T> = HashMap<Id, T, BuildHasherDefault<IdHasher>>;
+
+/// A key's claim in flight.
 struct InFlight {
     token: u64,
     /// Since the store started; a claim older than the in-flight TTL counts as absent.
@@ -88,43 +97,91 @@ struct InFlight {
     settled: Option<watch::Sender<Settled>>,
 }
 
-#[derive(Default)]
-struct Claims {
-    in_flight: HashMap<String, InFlight>,
+/// A guarded body in flight, and the key whose claim holds it.
+struct BodyInFlight {
+    owner: Id,
+    token: u64,
+    claimed: Duration,
+}
+
+trait Claimed {
+    fn claimed(&self) -> Duration;
+    fn token(&self) -> u64;
+}
+
+impl Claimed for InFlight {
+    fn claimed(&self) -> Duration {
+        self.claimed
+    }
+    fn token(&self) -> u64 {
+        self.token
+    }
+}
+
+impl Claimed for BodyInFlight {
+    fn claimed(&self) -> Duration {
+        self.claimed
+    }
+    fn token(&self) -> u64 {
+        self.token
+    }
+}
+
+/// One shard of claims in flight.
+struct Table<T> {
+    in_flight: IdMap<T>,
     sweep_at: usize,
 }
 
-impl Claims {
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Self {
+            in_flight: IdMap::default(),
+            sweep_at: 0,
+        }
+    }
+}
+
+impl<T: Claimed> Table<T> {
     /// Drops claims whose owner vanished without settling, amortised over insertions.
     fn sweep(&mut self, now: Duration, ttl: Duration) {
         if self.in_flight.len() >= self.sweep_at.max(SWEEP_AT) {
             self.in_flight
-                .retain(|_, f| now.saturating_sub(f.claimed) < ttl);
+                .retain(|_, f| now.saturating_sub(f.claimed()) < ttl);
             self.sweep_at = self.in_flight.len() * 2;
         }
     }
 
-    /// Removes the claim on `key` if it is `token`'s, returning its channel to notify outside the lock.
-    fn take(&mut self, key: &str, token: u64) -> Option<watch::Sender<Settled>> {
-        let (key, claim) = self.in_flight.remove_entry(key)?;
-        if claim.token != token {
-            self.in_flight.insert(key, claim);
-            return None;
+    /// The live claim on `id`, if any.
+    fn live(&mut self, id: Id, now: Duration, ttl: Duration) -> Option<&mut T> {
+        self.in_flight
+            .get_mut(&id)
+            .filter(|f| now.saturating_sub(f.claimed()) < ttl)
+    }
+
+    /// Removes the claim on `id` if it is `token`'s.
+    fn take(&mut self, id: Id, token: u64) -> Option<T> {
+        match self.in_flight.get(&id) {
+            Some(f) if f.token() == token => self.in_flight.remove(&id),
+            _ => None,
         }
-        claim.settled
     }
 }
 
 enum Found {
-    Done(u16),
+    Done(Done),
     InFlight(watch::Receiver<Settled>),
     Acquired(u64),
+    ReplayedBody,
 }
 
 pub struct MemoryStore {
     hash: RandomState,
-    done: Cache<Id, u16, BuildHasherDefault<IdHasher>>,
-    claims: Box<[Mutex<Claims>]>,
+    done: Cache<Id, Done, BuildHasherDefault<IdHasher>>,
+    /// The replay guard's done bodies: body -> the key that was acknowledged with it.
+    bodies: Cache<Id, Id, BuildHasherDefault<IdHasher>>,
+    claims: Box<[Mutex<Table<InFlight>>]>,
+    body_claims: Box<[Mutex<Table<BodyInFlight>>]>,
     in_flight_ttl: Duration,
     start: Instant,
     next_token: AtomicU64,
@@ -133,19 +190,37 @@ pub struct MemoryStore {
     skew: Mutex<Duration>,
 }
 
+fn cache<V: Clone + Send + Sync + 'static>(
+    max_entries: u64,
+    ttl: Duration,
+) -> Cache<Id, V, BuildHasherDefault<IdHasher>> {
+    Cache::builder()
+        .max_capacity(max_entries)
+        .eviction_policy(EvictionPolicy::lru())
+        .time_to_live(ttl)
+        .build_with_hasher(BuildHasherDefault::default())
+}
+
+fn shards<T: Default>() -> Box<[Mutex<T>]> {
+    (0..CLAIM_SHARDS).map(|_| Mutex::default()).collect()
+}
+
+fn lock<T>(shards: &[Mutex<T>], id: Id) -> MutexGuard<'_, T> {
+    shards[(id.0[1] % CLAIM_SHARDS as u64) as usize]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
 impl MemoryStore {
     /// Remembers at most `max_entries` done ids, each for `ttl`. `in_flight_ttl` bounds how long a claim
     /// whose owner vanished can block its key; it should outlive the app's read timeout.
     pub fn new(max_entries: u64, ttl: Duration, in_flight_ttl: Duration) -> Self {
-        let done = Cache::builder()
-            .max_capacity(max_entries)
-            .eviction_policy(EvictionPolicy::lru())
-            .time_to_live(ttl)
-            .build_with_hasher(BuildHasherDefault::default());
         Self {
             hash: RandomState::new(),
-            done,
-            claims: (0..CLAIM_SHARDS).map(|_| Mutex::default()).collect(),
+            done: cache(max_entries, ttl),
+            bodies: cache(max_entries, ttl),
+            claims: shards(),
+            body_claims: shards(),
             in_flight_ttl,
             start: Instant::now(),
             next_token: AtomicU64::new(1),
@@ -154,24 +229,28 @@ impl MemoryStore {
         }
     }
 
-    /// The remembered status of a done key, without claiming anything.
-    pub fn done_status(&self, key: &str) -> Option<u16> {
+    /// What is remembered of a done key, claiming nothing.
+    pub fn done(&self, key: &Key) -> Option<Done> {
         self.done.get(&self.id(key))
     }
 
     /// Two SipHash values of the key under one random key, with a different first byte so that they are
     /// independent. (Two `RandomState`s made on one thread have related keys: std increments the first.)
-    fn id(&self, key: &str) -> Id {
+    fn id(&self, key: &Key) -> Id {
+        let parts = (key.tenant(), key.webhook_id());
         Id([
-            self.hash.hash_one((0u8, key)),
-            self.hash.hash_one((1u8, key)),
+            self.hash.hash_one((0u8, parts)),
+            self.hash.hash_one((1u8, parts)),
         ])
     }
 
-    fn claims(&self, id: Id) -> MutexGuard<'_, Claims> {
-        self.claims[(id.0[1] % CLAIM_SHARDS as u64) as usize]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    /// A body's id: its digest hashed again under the process's key, so that the tables' layout does not
+    /// follow from the bodies.
+    fn body_id(&self, digest: BodyDigest) -> Id {
+        Id([
+            self.hash.hash_one((2u8, digest)),
+            self.hash.hash_one((3u8, digest)),
+        ])
     }
 
     /// Time since the store started, for the claims.
@@ -189,72 +268,133 @@ impl MemoryStore {
         *self.skew.lock().unwrap()
     }
 
-    fn try_claim(&self, key: &str) -> Found {
+    fn try_claim(&self, key: &Key, body: Body) -> Found {
         let id = self.id(key);
         let now = self.now();
-        let mut claims = self.claims(id);
-        if let Some(status) = self.done.get(&id) {
-            return Found::Done(status);
+        let mut claims = lock(&self.claims, id);
+        if let Some(done) = self.done.get(&id) {
+            return Found::Done(done);
         }
         claims.sweep(now, self.in_flight_ttl);
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let claim = InFlight {
-            token,
-            claimed: now,
-            settled: None,
-        };
-        match claims.in_flight.entry(key.to_string()) {
-            Entry::Occupied(e) if now.saturating_sub(e.get().claimed) < self.in_flight_ttl => {
-                let tx = e
-                    .into_mut()
-                    .settled
-                    .get_or_insert_with(|| watch::channel(Settled::Pending).0);
-                return Found::InFlight(tx.subscribe());
-            }
-            // A stale claim is replaced: its waiters see the channel close and answer Busy.
-            Entry::Occupied(mut e) => {
-                e.insert(claim);
-            }
-            Entry::Vacant(e) => {
-                e.insert(claim);
-            }
+        if let Some(f) = claims.live(id, now, self.in_flight_ttl) {
+            let tx = f
+                .settled
+                .get_or_insert_with(|| watch::channel(Settled::Pending).0);
+            return Found::InFlight(tx.subscribe());
         }
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        if body.guard && !self.claim_body(id, token, body.digest, now) {
+            return Found::ReplayedBody;
+        }
+        // A stale claim is replaced: its waiters see the channel close and answer Busy.
+        claims.in_flight.insert(
+            id,
+            InFlight {
+                token,
+                claimed: now,
+                settled: None,
+            },
+        );
         Found::Acquired(token)
+    }
+
+    /// Claims `digest` for key `owner` (whose shard lock the caller holds); `false` when the body is done
+    /// or in flight under another key.
+    fn claim_body(&self, owner: Id, token: u64, digest: BodyDigest, now: Duration) -> bool {
+        let bid = self.body_id(digest);
+        let mut table = lock(&self.body_claims, bid);
+        if self.bodies.get(&bid).is_some_and(|o| o != owner) {
+            return false;
+        }
+        table.sweep(now, self.in_flight_ttl);
+        if table
+            .live(bid, now, self.in_flight_ttl)
+            .is_some_and(|b| b.owner != owner)
+        {
+            return false;
+        }
+        table.in_flight.insert(
+            bid,
+            BodyInFlight {
+                owner,
+                token,
+                claimed: now,
+            },
+        );
+        true
+    }
+
+    /// Ends `held` as done with `done`, whoever's claim it is now: the app acknowledged the event (or,
+    /// for the Redis store, another replica's copy did).
+    pub fn settle_done(&self, held: &Held, done: Done) {
+        let id = self.id(&held.key);
+        // Before the claims go, so that no claim in between finds the key (or the body) absent.
+        self.done.insert(id, done);
+        if held.body.guard {
+            let bid = self.body_id(held.body.digest);
+            self.bodies.insert(bid, id);
+            lock(&self.body_claims, bid).take(bid, held.token);
+        }
+        let claim = lock(&self.claims, id).take(id, held.token);
+        if let Some(tx) = claim.and_then(|c| c.settled) {
+            tx.send_replace(Settled::Done(done));
+        }
+    }
+
+    /// Gives `held` up, if it is still the holder's.
+    pub fn settle_released(&self, held: &Held) {
+        let id = self.id(&held.key);
+        if held.body.guard {
+            let bid = self.body_id(held.body.digest);
+            lock(&self.body_claims, bid).take(bid, held.token);
+        }
+        let claim = lock(&self.claims, id).take(id, held.token);
+        if let Some(tx) = claim.and_then(|c| c.settled) {
+            tx.send_replace(Settled::Released);
+        }
     }
 }
 
 #[async_trait]
 impl DedupStore for MemoryStore {
-    async fn claim(&self, key: &str, wait: Duration) -> StoreClaim {
-        match self.try_claim(key) {
-            Found::Done(status) => StoreClaim::Duplicate(status),
-            Found::InFlight(rx) => wait_for(rx, wait).await,
-            Found::Acquired(token) => StoreClaim::Acquired(token),
+    /// A copy that waited for one that then failed claims the key itself: it is the retry.
+    async fn claim(&self, key: &Key, body: Body, wait: Duration) -> StoreClaim {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.try_claim(key, body) {
+                Found::Done(done) => return StoreClaim::Duplicate(done),
+                Found::InFlight(rx) => match wait_for(rx, deadline).await {
+                    Some(claim) => return claim,
+                    None => continue,
+                },
+                Found::Acquired(token) => return StoreClaim::Acquired(token),
+                Found::ReplayedBody => return StoreClaim::ReplayedBody,
+            }
         }
     }
 
-    async fn commit(&self, key: &str, token: u64, status: u16) {
-        let id = self.id(key);
-        // The app acknowledged the event: remember that even if the claim is not (or no longer) ours.
-        // Before the claim goes, so that no claim in between finds the key absent.
-        self.done.insert(id, status);
-        let notify = self.claims(id).take(key, token);
-        if let Some(tx) = notify {
-            tx.send_replace(Settled::Done(status));
-        }
+    async fn commit(&self, held: &Held, status: u16) {
+        // The app acknowledged the event: remembered even if the claim is not (or no longer) ours.
+        let done = Done {
+            status,
+            digest: Some(held.body.digest),
+        };
+        self.settle_done(held, done);
     }
 
-    async fn release(&self, key: &str, token: u64) {
-        let notify = self.claims(self.id(key)).take(key, token);
-        if let Some(tx) = notify {
-            tx.send_replace(Settled::Released);
-        }
+    async fn release(&self, held: &Held) {
+        self.settle_released(held);
+    }
+
+    async fn lookup(&self, key: &Key) -> Option<u16> {
+        self.done(key).map(|d| d.status)
     }
 
     /// Runs moka's pending evictions first, so that the count is within `max_entries` (plus the claims).
     /// Called per metrics scrape, not per delivery.
     fn entries(&self) -> u64 {
         self.done.run_pending_tasks();
+        self.bodies.run_pending_tasks();
         let claims: usize = self
             .claims
             .iter()
@@ -264,14 +404,20 @@ impl DedupStore for MemoryStore {
     }
 }
 
-async fn wait_for(mut rx: watch::Receiver<Settled>, wait: Duration) -> StoreClaim {
-    let outcome = tokio::time::timeout(wait, rx.wait_for(|s| *s != Settled::Pending)).await;
+/// Waits until `deadline` for the claim in flight to settle: its `Done`, `None` when it was released (the
+/// key is free again), `Busy` when it did not settle in time or its owner vanished.
+async fn wait_for(
+    mut rx: watch::Receiver<Settled>,
+    deadline: tokio::time::Instant,
+) -> Option<StoreClaim> {
+    let outcome = tokio::time::timeout_at(deadline, rx.wait_for(|s| *s != Settled::Pending)).await;
     match outcome {
         Ok(Ok(s)) => match *s {
-            Settled::Done(status) => StoreClaim::Duplicate(status),
-            _ => StoreClaim::Busy,
+            Settled::Done(done) => Some(StoreClaim::Duplicate(done)),
+            Settled::Released => None,
+            Settled::Pending => Some(StoreClaim::Busy),
         },
-        _ => StoreClaim::Busy,
+        _ => Some(StoreClaim::Busy),
     }
 }
 
@@ -280,7 +426,12 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::dedup::{Claim, Dedup};
+    use crate::dedup::{AppAnswer, Claim, Dedup};
+
+    const OK: AppAnswer = AppAnswer {
+        status: 200,
+        whole: true,
+    };
 
     fn dedup(max: u64) -> Dedup {
         Dedup::new(
@@ -297,47 +448,157 @@ mod tests {
         MemoryStore::new(max, Duration::from_secs(60), Duration::from_secs(30))
     }
 
+    fn k(id: &str) -> Key {
+        Key::new(Some("t"), id)
+    }
+
+    fn body(text: &str, guard: bool) -> Body {
+        Body {
+            digest: BodyDigest::of(text.as_bytes()),
+            guard,
+        }
+    }
+
+    const PLAIN: fn() -> Body = || body("{}", false);
+
     impl MemoryStore {
         fn advance(&self, by: Duration) {
             *self.skew.lock().unwrap() += by;
+        }
+
+        async fn take(&self, key: &Key, body: Body) -> Held {
+            match self.claim(key, body, Duration::ZERO).await {
+                StoreClaim::Acquired(token) => Held {
+                    key: key.clone(),
+                    token,
+                    body,
+                },
+                other => panic!("{key:?}: {other:?}"),
+            }
+        }
+
+        /// Whether a copy waits on `key`'s claim (it made the claim's channel).
+        fn has_waiter(&self, key: &Key) -> bool {
+            let id = self.id(key);
+            lock(&self.claims, id)
+                .in_flight
+                .get(&id)
+                .is_some_and(|f| f.settled.is_some())
+        }
+
+        fn status(&self, key: &Key) -> Option<u16> {
+            self.done(key).map(|d| d.status)
+        }
+
+        /// A commit with a token the store never issued: the Redis store's local commits, and a test's.
+        fn record(&self, key: &Key, status: u16) {
+            let held = Held {
+                key: key.clone(),
+                token: 1 << 63,
+                body: PLAIN(),
+            };
+            self.settle_done(
+                &held,
+                Done {
+                    status,
+                    digest: Some(held.body.digest),
+                },
+            );
+        }
+    }
+
+    fn digest(text: &str) -> BodyDigest {
+        BodyDigest::of(text.as_bytes())
+    }
+
+    async fn acquire(d: &Dedup, key: &Key, text: &str) -> crate::dedup::ClaimGuard {
+        match d.claim(key.clone(), digest(text), false).await {
+            Claim::Acquired(g) => g,
+            _ => panic!("{key:?} not acquired"),
         }
     }
 
     #[tokio::test]
     async fn committed_key_is_a_duplicate_with_its_status() {
         let d = dedup(100);
-        let Claim::Acquired(g) = d.claim("k".into()).await else {
-            panic!("first claim must acquire")
-        };
-        g.settle(202).await;
-        assert!(matches!(d.claim("k".into()).await, Claim::Duplicate(202)));
+        let g = acquire(&d, &k("k"), "{}").await;
+        g.settle(AppAnswer {
+            status: 202,
+            whole: true,
+        })
+        .await;
+        assert!(matches!(
+            d.claim(k("k"), digest("{}"), false).await,
+            Claim::Duplicate {
+                status: 202,
+                body_matches: true
+            }
+        ));
+        assert_eq!(d.lookup(&k("k")).await, Some(202));
+        assert_eq!(d.lookup(&k("other")).await, None);
     }
 
     #[tokio::test]
-    async fn released_key_can_be_claimed_again() {
+    async fn a_duplicate_with_another_body_is_still_a_duplicate_and_is_counted() {
         let d = dedup(100);
-        let Claim::Acquired(g) = d.claim("k".into()).await else {
-            panic!()
-        };
-        g.settle(500).await;
-        assert!(matches!(d.claim("k".into()).await, Claim::Acquired(_)));
+        acquire(&d, &k("k"), "{\"a\":1}").await.settle(OK).await;
+        let before = crate::metrics::METRICS.dedup_body_mismatches();
+        assert!(matches!(
+            d.claim(k("k"), digest("{\"a\":2}"), true).await,
+            Claim::Duplicate {
+                status: 200,
+                body_matches: false
+            }
+        ));
+        assert!(crate::metrics::METRICS.dedup_body_mismatches() > before);
     }
 
     #[tokio::test]
-    async fn waiter_shares_the_first_copys_success_and_never_succeeds_on_its_failure() {
-        for (status, expect_dup) in [(200u16, true), (503, false)] {
+    async fn a_cut_or_failed_answer_releases_the_key() {
+        for answer in [
+            AppAnswer {
+                status: 500,
+                whole: true,
+            },
+            AppAnswer {
+                status: 200,
+                whole: false,
+            },
+        ] {
             let d = dedup(100);
-            let Claim::Acquired(g) = d.claim("k".into()).await else {
-                panic!()
-            };
-            let d2 = d.clone();
-            let waiter = tokio::spawn(async move { d2.claim("k".into()).await });
-            tokio::task::yield_now().await;
-            g.settle(status).await;
+            acquire(&d, &k("k"), "{}").await.settle(answer).await;
+            assert!(
+                matches!(
+                    d.claim(k("k"), digest("{}"), false).await,
+                    Claim::Acquired(_)
+                ),
+                "{answer:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiter_shares_the_first_copys_success_and_becomes_the_retry_on_its_failure() {
+        for (status, expect_dup) in [(200u16, true), (503, false)] {
+            let s = Arc::new(store(100));
+            let first = s.take(&k("k"), PLAIN()).await;
+            let s2 = s.clone();
+            let waiter =
+                tokio::spawn(
+                    async move { s2.claim(&k("k"), PLAIN(), Duration::from_secs(5)).await },
+                );
+            while !s.has_waiter(&k("k")) {
+                tokio::task::yield_now().await;
+            }
+            if expect_dup {
+                s.commit(&first, status).await;
+            } else {
+                s.release(&first).await;
+            }
             match waiter.await.unwrap() {
-                Claim::Duplicate(s) => assert!(expect_dup && s == status),
-                Claim::Busy => assert!(!expect_dup),
-                Claim::Acquired(_) => panic!("a waiter must never become a second copy"),
+                StoreClaim::Duplicate(d) => assert!(expect_dup && d.status == status),
+                StoreClaim::Acquired(_) => assert!(!expect_dup, "a second copy of a done event"),
+                other => panic!("{status}: the waiter neither shared nor retried: {other:?}"),
             }
         }
     }
@@ -345,13 +606,13 @@ mod tests {
     #[tokio::test]
     async fn dropped_guard_releases_its_claim() {
         let d = dedup(100);
-        let Claim::Acquired(g) = d.claim("k".into()).await else {
-            panic!()
-        };
-        drop(g);
+        drop(acquire(&d, &k("k"), "{}").await);
         // The release is spawned; claiming waits for it rather than sleeping.
         let mut tries = 0;
-        while !matches!(d.claim("k".into()).await, Claim::Acquired(_)) {
+        while !matches!(
+            d.claim(k("k"), digest("{}"), false).await,
+            Claim::Acquired(_)
+        ) {
             tries += 1;
             assert!(tries < 1000);
             tokio::task::yield_now().await;
@@ -359,15 +620,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_replay_guard_refuses_a_body_done_or_in_flight_under_another_key() {
+        let s = store(100);
+        let a = s.take(&k("a"), body("B", true)).await;
+        assert_eq!(
+            s.claim(&k("b"), body("B", true), Duration::ZERO).await,
+            StoreClaim::ReplayedBody,
+            "in flight under another key"
+        );
+        assert!(matches!(
+            s.claim(&k("b"), body("B", false), Duration::ZERO).await,
+            StoreClaim::Acquired(_)
+        ));
+        s.commit(&a, 200).await;
+        assert_eq!(
+            s.claim(&k("c"), body("B", true), Duration::ZERO).await,
+            StoreClaim::ReplayedBody,
+            "done under another key"
+        );
+        assert!(matches!(
+            s.claim(&k("a"), body("B", true), Duration::ZERO).await,
+            StoreClaim::Duplicate(_)
+        ));
+        s.take(&k("d"), body("C", true)).await;
+    }
+
+    #[tokio::test]
+    async fn a_released_guarded_body_is_free_again_and_a_stale_one_no_longer_blocks() {
+        let s = store(100);
+        let a = s.take(&k("a"), body("B", true)).await;
+        s.release(&a).await;
+        let b = s.take(&k("b"), body("B", true)).await;
+        s.advance(Duration::from_secs(31));
+        let c = s.take(&k("c"), body("B", true)).await;
+        // The vanished owner's late release frees neither the new claim nor its body.
+        s.release(&b).await;
+        assert_eq!(
+            s.claim(&k("e"), body("B", true), Duration::ZERO).await,
+            StoreClaim::ReplayedBody
+        );
+        s.commit(&c, 200).await;
+        assert_eq!(s.status(&k("c")), Some(200));
+    }
+
+    #[tokio::test]
     async fn full_cache_always_remembers_the_newest_key() {
         let d = dedup(1_000);
         for i in 0..5_000 {
-            let Claim::Acquired(g) = d.claim(format!("k{i}")).await else {
-                panic!("fresh key {i} refused")
-            };
-            g.settle(200).await;
+            let key = k(&format!("k{i}"));
+            acquire(&d, &key, "{}").await.settle(OK).await;
             assert!(
-                matches!(d.claim(format!("k{i}")).await, Claim::Duplicate(200)),
+                matches!(
+                    d.claim(key, digest("{}"), false).await,
+                    Claim::Duplicate { status: 200, .. }
+                ),
                 "key {i} forgotten right after commit"
             );
         }
@@ -380,47 +686,46 @@ mod tests {
         let s = MemoryStore::new(10_000, ttl, Duration::from_secs(30));
         let before = Instant::now();
         for i in 0..1_000 {
-            s.commit(&format!("old{i}"), 0, 200).await;
+            s.record(&k(&format!("old{i}")), 200);
         }
         // Polls moka's real clock (it has no test clock without a feature), checking on each turn that
         // the id is remembered until its TTL has passed.
         let deadline = before + ttl + Duration::from_secs(10);
-        while s.done_status("old0") == Some(200) {
+        while s.status(&k("old0")) == Some(200) {
             assert!(Instant::now() < deadline, "remembered long after its TTL");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(before.elapsed() >= ttl, "forgotten before its TTL");
-        assert!(matches!(
-            s.claim("old1", Duration::ZERO).await,
-            StoreClaim::Acquired(_)
-        ));
+        s.take(&k("old1"), PLAIN()).await;
         // The expired ids are dropped by moka's maintenance: only the new ones (and the claim) remain.
         for i in 0..1_000 {
-            s.commit(&format!("new{i}"), 0, 201).await;
+            s.record(&k(&format!("new{i}")), 201);
         }
         assert_eq!(s.entries(), 1_001);
-        assert_eq!(s.done_status("new999"), Some(201));
+        assert_eq!(s.status(&k("new999")), Some(201));
     }
 
     #[tokio::test]
     async fn stale_claim_no_longer_blocks_its_key() {
         let s = store(100);
-        let StoreClaim::Acquired(first) = s.claim("k", Duration::ZERO).await else {
-            panic!()
-        };
-        assert_eq!(s.claim("k", Duration::ZERO).await, StoreClaim::Busy);
-        s.advance(Duration::from_secs(31));
-        let StoreClaim::Acquired(second) = s.claim("k", Duration::ZERO).await else {
-            panic!("a stale claim still blocks its key")
-        };
-        // The vanished owner's late release does not free the new claim.
-        s.release("k", first).await;
-        assert_eq!(s.claim("k", Duration::ZERO).await, StoreClaim::Busy);
-        s.commit("k", second, 200).await;
+        let first = s.take(&k("k"), PLAIN()).await;
         assert_eq!(
-            s.claim("k", Duration::ZERO).await,
-            StoreClaim::Duplicate(200)
+            s.claim(&k("k"), PLAIN(), Duration::ZERO).await,
+            StoreClaim::Busy
         );
+        s.advance(Duration::from_secs(31));
+        let second = s.take(&k("k"), PLAIN()).await;
+        // The vanished owner's late release does not free the new claim.
+        s.release(&first).await;
+        assert_eq!(
+            s.claim(&k("k"), PLAIN(), Duration::ZERO).await,
+            StoreClaim::Busy
+        );
+        s.commit(&second, 200).await;
+        assert!(matches!(
+            s.claim(&k("k"), PLAIN(), Duration::ZERO).await,
+            StoreClaim::Duplicate(Done { status: 200, .. })
+        ));
     }
 
     #[tokio::test]
@@ -429,15 +734,15 @@ mod tests {
         let s = store(max);
         let n = 10 * max;
         for i in 0..n {
-            s.commit(&format!("k{i}"), 0, 200).await;
+            s.record(&k(&format!("k{i}")), 200);
             assert!(s.entries() <= max);
         }
         // Nothing but commits: the least recently used are the oldest, and exactly the newest are kept.
         for i in n - max..n {
-            assert_eq!(s.done_status(&format!("k{i}")), Some(200), "k{i} forgotten");
+            assert_eq!(s.status(&k(&format!("k{i}"))), Some(200), "k{i} forgotten");
         }
         let remembered = (0..n)
-            .filter(|i| s.done_status(&format!("k{i}")).is_some())
+            .filter(|i| s.status(&k(&format!("k{i}"))).is_some())
             .count() as u64;
         assert_eq!(remembered, max);
     }
@@ -449,7 +754,7 @@ mod tests {
         let n = 50 * max;
         let mut most = 0;
         for i in 0..n {
-            s.commit(&format!("k{i}"), 0, 200).await;
+            s.record(&k(&format!("k{i}")), 200);
             if i % 97 == 0 {
                 // Counts the ids really in moka's table, without running its pending maintenance.
                 most = most.max(s.done.iter().count() as u64);
@@ -465,22 +770,23 @@ mod tests {
     async fn commit_without_a_matching_claim_records_the_key() {
         let s = store(100);
         // The Redis store commits locally with tokens the local store never issued.
-        s.commit("a", 1 << 63, 201).await;
-        assert_eq!(s.done_status("a"), Some(201));
-        assert_eq!(
-            s.claim("a", Duration::ZERO).await,
-            StoreClaim::Duplicate(201)
-        );
+        s.record(&k("a"), 201);
+        assert!(matches!(
+            s.claim(&k("a"), PLAIN(), Duration::ZERO).await,
+            StoreClaim::Duplicate(Done { status: 201, .. })
+        ));
         // Someone else's claim stays, but the key is done for everyone.
-        let StoreClaim::Acquired(t) = s.claim("b", Duration::ZERO).await else {
-            panic!()
+        let b = s.take(&k("b"), PLAIN()).await;
+        let other = Held {
+            token: b.token + 1,
+            ..b.clone()
         };
-        s.commit("b", t + 1, 200).await;
-        assert_eq!(
-            s.claim("b", Duration::ZERO).await,
-            StoreClaim::Duplicate(200)
-        );
-        s.release("b", t).await;
-        assert_eq!(s.done_status("b"), Some(200));
+        s.commit(&other, 200).await;
+        assert!(matches!(
+            s.claim(&k("b"), PLAIN(), Duration::ZERO).await,
+            StoreClaim::Duplicate(Done { status: 200, .. })
+        ));
+        s.release(&b).await;
+        assert_eq!(s.status(&k("b")), Some(200));
     }
 }

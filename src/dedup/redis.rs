@@ -1,8 +1,15 @@
 //! The shared store: Redis, so that every replica of a Deployment sees the same claims.
 //!
-//! A key holds `f:<replica>:<token>` while in flight (expiring after the in-flight TTL so that a crashed
-//! replica cannot block an event for long) and `d:<status>` once the app acknowledged it. Release deletes
-//! the key only if it still holds the caller's own claim (compare-and-delete in Lua).
+//! An event's key, `<prefix><tenant>\n<webhook id>`, holds `f:<replica>:<token>` while in flight (expiring
+//! after the in-flight TTL so that a crashed replica cannot block an event for long) and
+//! `d:<status>:<body digest, hex>` once the app acknowledged it (earlier versions wrote `d:<status>`: read
+//! as done, with no digest to compare). Release deletes the key only if it still holds the caller's own
+//! claim (compare-and-delete in Lua). A value this version does not know is taken as in flight, never as
+//! done, so that replicas of two versions keep the contract during a rolling update.
+//!
+//! The replay guard adds `<prefix>b:<body digest, hex>`, holding the name of the event key whose claim or
+//! acknowledgement holds that body, with the same expiry as that key. It is read and written by the same
+//! scripts as the event key, so a claim checks and takes both in one atomic step.
 //!
 //! A claim is taken on this replica's local store first, then in Redis. The local claim is what keeps two
 //! copies from running at once on one replica whatever Redis does: a copy that arrives while Redis stalls
@@ -26,7 +33,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
 use super::memory::MemoryStore;
-use super::{DedupStore, StoreClaim};
+use super::{Body, BodyDigest, DedupStore, Done, Held, Key, StoreClaim};
+use crate::config::RedisConfig;
 use crate::metrics::{self, METRICS};
 
 /// After a failure, Redis is not asked again for this long: deliveries do not each pay the timeout.
@@ -36,9 +44,31 @@ const POLL: Duration = Duration::from_millis(20);
 /// Commits waiting for Redis to come back, at most: about 100 bytes each.
 const MAX_PENDING: usize = 10_000;
 
-const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
-/// Claims the key and returns nil, or returns what the key holds: `SET NX GET` for any Redis version.
-const CLAIM: &str = r"local v = redis.call('GET', KEYS[1]) if v then return v end redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return false";
+/// Claims the event key (`KEYS[1]`) with `ARGV[1]` for `ARGV[2]` ms and returns nil, or returns what the
+/// key holds: `SET NX GET` for any Redis version. With a body key (`KEYS[2]`, the replay guard), returns
+/// `b:` when the body is held under another event key, and otherwise takes it too.
+const CLAIM: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+if #KEYS > 1 then
+  local owner = redis.call('GET', KEYS[2])
+  if owner and owner ~= KEYS[1] then return 'b:' end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if #KEYS > 1 then redis.call('SET', KEYS[2], KEYS[1], 'PX', ARGV[2]) end
+return false";
+/// Marks the event key done (`ARGV[1]`) for `ARGV[2]` ms, and its body key with it.
+const COMMIT: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if #KEYS > 1 then redis.call('SET', KEYS[2], KEYS[1], 'PX', ARGV[2]) end
+return 1";
+/// Deletes the event key if it holds the caller's claim (`ARGV[1]`), and then its body key if the body is
+/// still that event's.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if #KEYS > 1 and redis.call('GET', KEYS[2]) == KEYS[1] then redis.call('DEL', KEYS[2]) end
+return 1";
 
 pub struct RedisStore {
     remote: Arc<Remote>,
@@ -56,6 +86,7 @@ struct Remote {
     timeout: Duration,
     ttl: Duration,
     claim: redis::Script,
+    commit: redis::Script,
     release: redis::Script,
     health: Mutex<Health>,
     pending: Mutex<Pending>,
@@ -79,81 +110,122 @@ struct Pending {
 #[derive(Clone)]
 struct Commit {
     seq: u64,
-    rkey: String,
-    status: u16,
+    keys: Keys,
+    value: String,
     at: Instant,
 }
 
+/// An event's Redis key, and its body's when the replay guard applies.
+#[derive(Clone, Debug)]
+struct Keys {
+    event: String,
+    body: Option<String>,
+}
+
+/// How another replica's claim ended while a copy waited for it.
+enum Waited {
+    Done(Done),
+    /// Released or expired: the waiting copy may claim the key itself, as the retry.
+    Freed,
+    /// Still in flight at the deadline.
+    Busy,
+}
+
 /// A key's value in Redis.
-enum Held {
-    Done(u16),
+#[derive(Debug, PartialEq, Eq)]
+enum Stored {
+    Done(Done),
     InFlight,
 }
 
-fn parse(value: &str) -> Held {
-    match value.strip_prefix("d:").and_then(|s| s.parse().ok()) {
-        Some(status) => Held::Done(status),
+fn parse(value: &str) -> Stored {
+    let Some(rest) = value.strip_prefix("d:") else {
         // An in-flight claim, or a value this version does not know: never taken for done.
-        None => Held::InFlight,
+        return Stored::InFlight;
+    };
+    let (status, digest) = match rest.split_once(':') {
+        Some((status, hex)) => (status, BodyDigest::from_hex(hex)),
+        None => (rest, None),
+    };
+    match status.parse() {
+        Ok(status) => Stored::Done(Done { status, digest }),
+        Err(_) => Stored::InFlight,
     }
 }
 
+fn done_value(status: u16, digest: BodyDigest) -> String {
+    format!("d:{status}:{}", digest.hex())
+}
+
 impl RedisStore {
-    /// `url` was validated with the configuration; no connection is made until the first delivery.
+    /// `config` was validated with the configuration; no connection is made until the first delivery.
     pub fn new(
-        url: &str,
-        prefix: &str,
-        timeout: Duration,
+        config: &RedisConfig,
         ttl: Duration,
         in_flight_ttl: Duration,
         local: MemoryStore,
-    ) -> redis::RedisResult<Self> {
+    ) -> Self {
         let remote = Remote {
-            client: redis::Client::open(url)?,
+            client: redis::Client::open(config.url.as_str())
+                .expect("the URL was validated with the configuration"),
             conn: OnceCell::new(),
-            prefix: prefix.to_string(),
-            timeout,
+            prefix: config.prefix.clone(),
+            timeout: config.timeout,
             ttl,
             claim: redis::Script::new(CLAIM),
+            commit: redis::Script::new(COMMIT),
             release: redis::Script::new(RELEASE),
             health: Mutex::new(Health::default()),
             pending: Mutex::new(Pending::default()),
         };
-        Ok(Self {
+        Self {
             remote: Arc::new(remote),
             local,
             replica: uuid::Uuid::new_v4().as_u64_pair().0,
             in_flight_ttl,
-        })
+        }
     }
 
     fn claim_value(&self, token: u64) -> String {
         format!("f:{:x}:{token}", self.replica)
     }
 
-    /// Waits for another replica's claim to settle, polling; `None` when Redis failed meanwhile.
-    async fn wait_shared(&self, rkey: &str, wait: Duration) -> Option<StoreClaim> {
-        let deadline = Instant::now() + wait;
+    /// Waits until `deadline` for another replica's claim to settle, polling; `None` when Redis failed
+    /// meanwhile (an unreadable claim is never taken for an absent one).
+    async fn wait_shared(&self, rkey: &str, deadline: Instant) -> Option<Waited> {
         loop {
             match self.remote.get(rkey).await? {
                 Some(v) => match parse(&v) {
-                    Held::Done(status) => return Some(StoreClaim::Duplicate(status)),
-                    Held::InFlight if Instant::now() >= deadline => return Some(StoreClaim::Busy),
-                    Held::InFlight => tokio::time::sleep(POLL).await,
+                    Stored::Done(done) => return Some(Waited::Done(done)),
+                    Stored::InFlight if Instant::now() >= deadline => return Some(Waited::Busy),
+                    Stored::InFlight => tokio::time::sleep(POLL).await,
                 },
-                // Released (the app failed) or expired: never a 2xx, never a second copy now.
-                None => return Some(StoreClaim::Busy),
+                // Released (the other copy failed) or expired (its replica vanished): free again.
+                None => return Some(Waited::Freed),
             }
         }
     }
 
     /// Settles this replica's claim as the shared store answered for another replica's copy.
-    async fn settle_local(&self, key: &str, token: u64, claim: StoreClaim) -> StoreClaim {
+    fn settle_local(&self, held: &Held, claim: StoreClaim) -> StoreClaim {
         match claim {
-            StoreClaim::Duplicate(status) => self.local.commit(key, token, status).await,
-            _ => self.local.release(key, token).await,
+            StoreClaim::Duplicate(done) => self.local.settle_done(held, done),
+            _ => self.local.settle_released(held),
         }
         claim
+    }
+
+    fn event_key(&self, key: &Key) -> String {
+        format!("{}{}", self.remote.prefix, key.joined())
+    }
+
+    fn keys(&self, key: &Key, body: Body) -> Keys {
+        Keys {
+            event: self.event_key(key),
+            body: body
+                .guard
+                .then(|| format!("{}b:{}", self.remote.prefix, body.digest.hex())),
+        }
     }
 
     /// One line for `/readyz`.
@@ -171,62 +243,82 @@ impl RedisStore {
 
 #[async_trait]
 impl DedupStore for RedisStore {
-    async fn claim(&self, key: &str, wait: Duration) -> StoreClaim {
+    async fn claim(&self, key: &Key, body: Body, wait: Duration) -> StoreClaim {
+        let deadline = Instant::now() + wait;
         // Local first: copies on this replica wait for each other whether Redis answers or not.
-        let token = match self.local.claim(key, wait).await {
+        let token = match self.local.claim(key, body, wait).await {
             StoreClaim::Acquired(token) => token,
             other => return other,
         };
-        let rkey = self.remote.key(key);
+        let held = Held {
+            key: key.clone(),
+            token,
+            body,
+        };
+        let keys = self.keys(key, body);
+        let value = self.claim_value(token);
         let ttl_ms = self.in_flight_ttl.as_millis() as u64;
-        match self
-            .remote
-            .claim(&rkey, &self.claim_value(token), ttl_ms)
-            .await
-        {
-            // Claimed in Redis, or Redis is unreachable: forwarded on the local claim alone.
-            Some(None) | None => StoreClaim::Acquired(token),
-            Some(Some(v)) => {
-                let shared = match parse(&v) {
-                    Held::Done(status) => StoreClaim::Duplicate(status),
+        let shared = loop {
+            match self.remote.claim(&keys, &value, ttl_ms).await {
+                // Claimed in Redis, or Redis is unreachable: forwarded on the local claim alone.
+                Some(None) | None => return StoreClaim::Acquired(token),
+                Some(Some(v)) if v == "b:" => break StoreClaim::ReplayedBody,
+                Some(Some(v)) => match parse(&v) {
+                    Stored::Done(done) => break StoreClaim::Duplicate(done),
                     // Redis failing while another replica holds the claim: not ours to take.
-                    Held::InFlight => self
-                        .wait_shared(&rkey, wait)
-                        .await
-                        .unwrap_or(StoreClaim::Busy),
-                };
-                self.settle_local(key, token, shared).await
+                    Stored::InFlight => match self.wait_shared(&keys.event, deadline).await {
+                        Some(Waited::Done(done)) => break StoreClaim::Duplicate(done),
+                        Some(Waited::Freed) => continue,
+                        Some(Waited::Busy) | None => break StoreClaim::Busy,
+                    },
+                },
             }
-        }
+        };
+        self.settle_local(&held, shared)
     }
 
-    async fn commit(&self, key: &str, token: u64, status: u16) {
+    async fn commit(&self, held: &Held, status: u16) {
         // Remembered locally in any case: this replica answers its own duplicates, Redis or not.
-        self.local.commit(key, token, status).await;
-        let rkey = self.remote.key(key);
+        self.local.commit(held, status).await;
+        let keys = self.keys(&held.key, held.body);
+        let value = done_value(status, held.body.digest);
         if self
             .remote
-            .set_done(&rkey, status, self.remote.ttl)
+            .set_done(&keys, &value, self.remote.ttl)
             .await
             .is_none()
         {
-            Remote::queue(&self.remote, rkey, status);
+            Remote::queue(&self.remote, keys, value);
         }
     }
 
-    async fn release(&self, key: &str, token: u64) {
-        self.local.release(key, token).await;
+    async fn release(&self, held: &Held) {
+        self.local.release(held).await;
         // Tried even if the claim fell back: a claim sent as Redis stalled may have landed late. On
         // failure the claim expires with its in-flight TTL.
-        let rkey = self.remote.key(key);
-        let value = self.claim_value(token);
+        let keys = self.keys(&held.key, held.body);
+        let value = self.claim_value(held.token);
         let script = &self.remote.release;
         let _: Option<i64> = self
             .remote
             .run("release", |mut c| async move {
-                script.key(rkey).arg(value).invoke_async(&mut c).await
+                let mut inv = script.key(&keys.event);
+                if let Some(b) = &keys.body {
+                    inv.key(b);
+                }
+                inv.arg(value).invoke_async(&mut c).await
             })
             .await;
+    }
+
+    async fn lookup(&self, key: &Key) -> Option<u16> {
+        if let Some(done) = self.local.done(key) {
+            return Some(done.status);
+        }
+        match parse(&self.remote.get(&self.event_key(key)).await??) {
+            Stored::Done(done) => Some(done.status),
+            Stored::InFlight => None,
+        }
     }
 
     fn entries(&self) -> u64 {
@@ -239,10 +331,6 @@ impl DedupStore for RedisStore {
 }
 
 impl Remote {
-    fn key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
-    }
-
     /// When Redis may be asked again; `None` if now.
     fn retry_at(&self) -> Option<Instant> {
         let h = self.health.lock().unwrap_or_else(|e| e.into_inner());
@@ -319,16 +407,16 @@ impl Remote {
         }
     }
 
-    /// Claims `rkey` with `value`: `Some(None)` if claimed, `Some(Some(held))` if the key holds `held`.
-    async fn claim(&self, rkey: &str, value: &str, ttl_ms: u64) -> Option<Option<String>> {
+    /// Claims `keys` with `value`: `Some(None)` if claimed, `Some(Some(held))` if the event key holds
+    /// `held` (or the body is another event's: `b:`).
+    async fn claim(&self, keys: &Keys, value: &str, ttl_ms: u64) -> Option<Option<String>> {
         let script = &self.claim;
         self.run("claim", |mut c| async move {
-            script
-                .key(rkey)
-                .arg(value)
-                .arg(ttl_ms)
-                .invoke_async(&mut c)
-                .await
+            let mut inv = script.key(&keys.event);
+            if let Some(b) = &keys.body {
+                inv.key(b);
+            }
+            inv.arg(value).arg(ttl_ms).invoke_async(&mut c).await
         })
         .await
     }
@@ -340,23 +428,24 @@ impl Remote {
         .await
     }
 
-    /// Marks `rkey` done for `ttl`; `None` if Redis did not take it.
-    async fn set_done(&self, rkey: &str, status: u16, ttl: Duration) -> Option<()> {
+    /// Marks `keys` done with `value` for `ttl`; `None` if Redis did not take it.
+    async fn set_done(&self, keys: &Keys, value: &str, ttl: Duration) -> Option<()> {
         let ttl_ms = ttl.as_millis().max(1) as u64;
-        self.run("commit", |mut c| async move {
-            redis::cmd("SET")
-                .arg(rkey)
-                .arg(format!("d:{status}"))
-                .arg("PX")
-                .arg(ttl_ms)
-                .query_async(&mut c)
-                .await
-        })
-        .await
+        let script = &self.commit;
+        let _: i64 = self
+            .run("commit", |mut c| async move {
+                let mut inv = script.key(&keys.event);
+                if let Some(b) = &keys.body {
+                    inv.key(b);
+                }
+                inv.arg(value).arg(ttl_ms).invoke_async(&mut c).await
+            })
+            .await?;
+        Some(())
     }
 
     /// Keeps a commit that failed for the replay task, which is started if none runs.
-    fn queue(this: &Arc<Remote>, rkey: String, status: u16) {
+    fn queue(this: &Arc<Remote>, keys: Keys, value: String) {
         let mut p = this.pending.lock().unwrap_or_else(|e| e.into_inner());
         if p.queue.len() >= MAX_PENDING {
             p.queue.pop_front();
@@ -366,8 +455,8 @@ impl Remote {
         p.next_seq += 1;
         p.queue.push_back(Commit {
             seq,
-            rkey,
-            status,
+            keys,
+            value,
             at: Instant::now(),
         });
         METRICS.commits_pending(p.queue.len());
@@ -407,7 +496,7 @@ impl Remote {
             let left = self.ttl.saturating_sub(c.at.elapsed());
             if left.is_zero() {
                 METRICS.commit_dropped();
-            } else if self.set_done(&c.rkey, c.status, left).await.is_some() {
+            } else if self.set_done(&c.keys, &c.value, left).await.is_some() {
                 METRICS.commit_replay(metrics::Result::Success);
             } else {
                 METRICS.commit_replay(metrics::Result::Failure);

@@ -12,7 +12,7 @@ use super::reply::Reply;
 use super::{Ctx, client_ip};
 use crate::auth::{self, Verified};
 use crate::config::{Config, FiltersConfig};
-use crate::dedup::{Claim, ClaimGuard, Dedup};
+use crate::dedup::{AppAnswer, BodyDigest, Claim, ClaimGuard, Dedup, Key};
 use crate::headers::{self, Delivery, Forwarding};
 use crate::limits::{BodyBudget, Reservation};
 use crate::metrics::METRICS;
@@ -203,17 +203,29 @@ fn allowed(list: &[String], value: Option<&str>) -> bool {
 
 /// Claims the delivery's key: `None` when dedup is off; the remembered answer for a duplicate; 503 while
 /// another copy is in flight.
-pub async fn claim(dedup: &Dedup, cfg: &Config, d: &Delivery) -> Result<Option<ClaimGuard>, Reply> {
+pub async fn claim(
+    dedup: &Dedup,
+    cfg: &Config,
+    d: &Delivery,
+    body: &[u8],
+) -> Result<Option<ClaimGuard>, Reply> {
     if !cfg.dedup.enabled {
         return Ok(None);
     }
-    match dedup.claim(d.dedup_key()).await {
+    let key = Key::new(d.tenant.as_deref(), &d.webhook_id);
+    match dedup.claim(key, BodyDigest::of(body), false).await {
         Claim::Acquired(guard) => Ok(Some(guard)),
-        Claim::Duplicate(status) => Err(Reply::new(status, Outcome::Duplicate, "duplicate\n")
-            .header(headers::DUPLICATE, "true")),
-        Claim::Busy => Err(Reply::retry_later(
+        Claim::Duplicate { status, .. } => {
+            Err(Reply::new(status, Outcome::Duplicate, "duplicate\n")
+                .header(headers::DUPLICATE, "true"))
+        }
+        Claim::Busy | Claim::ReplayedBody => Err(Reply::retry_later(
             Outcome::Duplicate,
             "same delivery in progress\n",
+        )),
+        Claim::Unavailable => Err(Reply::retry_later(
+            Outcome::Duplicate,
+            "the dedup store cannot decide now\n",
         )),
     }
 }
@@ -244,11 +256,8 @@ impl Settle {
     /// acknowledgement: the claim is released and Pitchpoint's retry goes through).
     pub async fn after(settle: Option<Settle>, status: u16, whole: bool) {
         if let Some(Settle { guard, commit }) = settle {
-            if commit && whole {
-                guard.settle(status).await;
-            } else {
-                guard.release().await;
-            }
+            let whole = commit && whole;
+            guard.settle(AppAnswer { status, whole }).await;
         }
     }
 }
@@ -314,7 +323,13 @@ pub async fn forward(
         Err(failure) => {
             METRICS.observe_upstream(elapsed);
             if let Some(guard) = claim {
-                guard.settle(failure.status()).await;
+                let status = failure.status();
+                guard
+                    .settle(AppAnswer {
+                        status,
+                        whole: true,
+                    })
+                    .await;
             }
             let body = match failure {
                 AppFailure::Unreachable => "bad gateway\n",

@@ -88,8 +88,12 @@ async fn a_commit_made_while_redis_is_paused_is_replayed_when_it_is_back() {
 
     redis.pause();
     assert_eq!(a.send(&d).await.status, 200, "forwarded without Redis");
-    let m = a.admin_get("/metrics").await.text();
-    assert_eq!(metric(&m, "pps_sidecar_dedup_commits_pending"), 1.0, "{m}");
+    // The commit follows the answer's relay, and gives up after the Redis timeout.
+    eventually("the commit waits for Redis", || async {
+        let m = a.admin_get("/metrics").await.text();
+        metric(&m, "pps_sidecar_dedup_commits_pending") == 1.0
+    })
+    .await;
     redis.resume();
 
     eventually("the commit is replayed", || async {

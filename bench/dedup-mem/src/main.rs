@@ -4,14 +4,15 @@
 //! were claimed and committed into a store of capacity N, minus RSS with the empty store, over N. The ids
 //! look like the sidecar's keys (tenant, then a lowercase UUID), made on the fly so that they cost no memory.
 //! The timing fills a store of 1,000,000 ids first, then times fresh ids against the full store (every
-//! commit evicts one), on one thread and on two threads sharing the store.
+//! commit evicts one), on one thread and on two threads sharing the store. With `GUARD=1` every claim
+//! asks for the replay guard, which also remembers each body's digest under its own entry.
 
 use std::fmt::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pps_sidecar::dedup::memory::MemoryStore;
-use pps_sidecar::dedup::{DedupStore, StoreClaim};
+use pps_sidecar::dedup::{Body, BodyDigest, DedupStore, Held, Key, StoreClaim};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -28,12 +29,12 @@ fn main() {
     }
 }
 
-fn key(buf: &mut String, i: u64) {
+fn key(buf: &mut String, i: u64) -> Key {
     buf.clear();
     let h = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     write!(
         buf,
-        "OU1243:{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+        "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
         h >> 32,
         (h >> 16) & 0xffff,
         h & 0xfff,
@@ -41,6 +42,11 @@ fn key(buf: &mut String, i: u64) {
         i
     )
     .unwrap();
+    Key::new(Some("OU1243"), buf)
+}
+
+fn guard() -> bool {
+    std::env::var("GUARD").is_ok_and(|v| v == "1")
 }
 
 /// `VmRSS` or `VmHWM` (the peak) from /proc/self/status, in KiB.
@@ -60,11 +66,21 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-async fn deliver(s: &MemoryStore, k: &str) {
-    let StoreClaim::Acquired(t) = s.claim(k, Duration::ZERO).await else {
+/// A fresh id with a body of its own (the id's text).
+async fn deliver(s: &MemoryStore, k: &Key, guard: bool) {
+    let body = Body {
+        digest: BodyDigest::of(k.webhook_id().as_bytes()),
+        guard,
+    };
+    let StoreClaim::Acquired(token) = s.claim(k, body, Duration::ZERO).await else {
         panic!("fresh id refused")
     };
-    s.commit(k, t, 200).await;
+    let held = Held {
+        key: k.clone(),
+        token,
+        body,
+    };
+    s.commit(&held, 200).await;
 }
 
 /// Prints `ids rss_before_kib rss_after_kib entries peak_kib`.
@@ -73,9 +89,9 @@ fn mem(n: u64) {
     let before = status_kib("VmRSS");
     rt().block_on(async {
         let mut buf = String::new();
+        let guard = guard();
         for i in 0..n {
-            key(&mut buf, i);
-            deliver(&s, &buf).await;
+            deliver(&s, &key(&mut buf, i), guard).await;
         }
     });
     let entries = s.entries();
@@ -87,16 +103,17 @@ fn mem(n: u64) {
 }
 
 /// Claims and commits `keys` on `threads` threads (each its own slice); returns the wall time.
-fn run(s: &Arc<MemoryStore>, keys: &Arc<Vec<String>>, threads: usize) -> Duration {
+fn run(s: &Arc<MemoryStore>, keys: &Arc<Vec<Key>>, threads: usize) -> Duration {
     let start = Instant::now();
     let per = keys.len() / threads;
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let (s, keys) = (s.clone(), keys.clone());
             std::thread::spawn(move || {
+                let guard = guard();
                 rt().block_on(async {
                     for k in &keys[t * per..(t + 1) * per] {
-                        deliver(&s, k).await;
+                        deliver(&s, k, guard).await;
                     }
                 })
             })
@@ -109,7 +126,10 @@ fn run(s: &Arc<MemoryStore>, keys: &Arc<Vec<String>>, threads: usize) -> Duratio
 }
 
 fn table() {
-    println!("dedup store (pps_sidecar::dedup::memory::MemoryStore), mimalloc, capacity = ids");
+    println!(
+        "dedup store (pps_sidecar::dedup::memory::MemoryStore), mimalloc, capacity = ids, replay guard {}",
+        if guard() { "on" } else { "off" }
+    );
     println!(
         "{:>10} {:>12} {:>12} {:>12} {:>10} {:>8}",
         "ids", "rss0 KiB", "rss KiB", "peak KiB", "entries", "B/id"
@@ -133,15 +153,8 @@ fn table() {
     }
 
     let mut buf = String::new();
-    let mut make = |range: std::ops::Range<u64>| -> Arc<Vec<String>> {
-        Arc::new(
-            range
-                .map(|i| {
-                    key(&mut buf, i);
-                    buf.clone()
-                })
-                .collect(),
-        )
+    let mut make = |range: std::ops::Range<u64>| -> Arc<Vec<Key>> {
+        Arc::new(range.map(|i| key(&mut buf, i)).collect())
     };
     let s = Arc::new(MemoryStore::new(FULL, DAY, Duration::from_secs(60)));
     let fill = run(&s, &make(0..FULL), 1);
