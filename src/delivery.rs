@@ -145,12 +145,19 @@ mod tests {
     #[test]
     fn uuid_ids_are_lowercased_others_kept() {
         let d = read(&req(&[
-            ("x-pps-webhook-id", b" 279E4E55-DFA0-4E04-B717-148AE547AB7D "),
+            (
+                "x-pps-webhook-id",
+                b" 279E4E55-DFA0-4E04-B717-148AE547AB7D ",
+            ),
             ("x-pps-topic", b"orders/placed"),
         ]))
         .unwrap();
         assert_eq!(d.webhook_id, "279e4e55-dfa0-4e04-b717-148ae547ab7d");
-        let d = read(&req(&[("x-pps-webhook-id", b"Order-ABC"), ("x-pps-topic", b"t")])).unwrap();
+        let d = read(&req(&[
+            ("x-pps-webhook-id", b"Order-ABC"),
+            ("x-pps-topic", b"t"),
+        ]))
+        .unwrap();
         assert_eq!(d.webhook_id, "Order-ABC");
     }
 
@@ -169,7 +176,10 @@ mod tests {
             ("x-pps-webhook-id", b"2"),
             ("x-pps-topic", b"t"),
         ]);
-        assert_eq!(read(&twice), Err(HeaderError::Ambiguous(headers::WEBHOOK_ID)));
+        assert_eq!(
+            read(&twice),
+            Err(HeaderError::Ambiguous(headers::WEBHOOK_ID))
+        );
         let same_twice = req(&[
             ("x-pps-webhook-id", b"1"),
             ("X-PPS-WEBHOOK-ID", b" 1"),

@@ -546,15 +546,9 @@ mod tests {
                  [auth.hmac]\nsecrets = [{{ value = \"x\" }}]\n"
             ))
         };
-        let raised = with_read(90_000)
-            .unwrap()
-            .deadlines()
-            .within(startup);
+        let raised = with_read(90_000).unwrap().deadlines().within(startup);
         assert_eq!(raised, startup);
-        let lowered = with_read(1_000)
-            .unwrap()
-            .deadlines()
-            .within(startup);
+        let lowered = with_read(1_000).unwrap().deadlines().within(startup);
         assert!(lowered.exchange < startup.exchange && lowered.claim == startup.claim);
     }
 

@@ -32,10 +32,10 @@ use tokio::sync::Semaphore;
 
 mod head;
 
-use head::{HeadCapped, HeadState};
 use crate::limits::ConnectionLimits;
 use crate::metrics::METRICS;
 use crate::outcome::Closed;
+use head::{HeadCapped, HeadState};
 
 /// What a listener does with one request whose head has been read. The listener then ends the request
 /// (Pingora drains what is left of a body it may keep the connection for) and reuses or closes the
@@ -71,13 +71,6 @@ impl<H> Listener<H> {
     }
 }
 
-/// How waiting for a request head ended.
-enum Head {
-    Read(ServerSession),
-    /// The peer closed, the deadline passed, the head was refused or the server is shutting down.
-    Gone,
-}
-
 #[async_trait]
 impl<H: Handler> ServerApp for Listener<H> {
     async fn process_new(
@@ -101,14 +94,15 @@ impl<H: Handler> ServerApp for Listener<H> {
             if reused {
                 stream = self.idle(stream, shutdown).await?;
             }
-            let Head::Read(mut session) = self.read_head(stream, &head).await else {
-                return None;
-            };
+            let mut session = self.read_head(stream, &head).await?;
             self.handler.serve(&mut session).await;
             if *shutdown.borrow() {
                 session.set_keepalive(None);
             }
-            stream = session.finish().await.ok().flatten()?.into_parts().0;
+            // Ending the request writes what is left of the answer's framing and reads what is left of a
+            // body the connection is kept for: a peer that does neither in time loses the connection.
+            let finished = tokio::time::timeout(self.limits.header_timeout, session.finish()).await;
+            stream = finished.ok()?.ok().flatten()?.into_parts().0;
             reused = true;
         }
     }
@@ -132,31 +126,32 @@ impl<H: Handler> Listener<H> {
         }
     }
 
-    /// Reads one request head within `header_timeout`. A malformed head is answered 400 and one over the
-    /// size bound 431, both with the connection closed.
-    async fn read_head(&self, stream: Stream, head: &HeadState) -> Head {
+    /// Reads one request head within `header_timeout`; `None` when the peer closed, the deadline passed or
+    /// the head was refused. A malformed head is answered 400 and one over the size bound 431, both with
+    /// the connection closed.
+    async fn read_head(&self, stream: Stream, head: &HeadState) -> Option<ServerSession> {
         let mut session = ServerSession::new_http1(stream);
         head.begin();
         let read = tokio::time::timeout(self.limits.header_timeout, session.read_request()).await;
         let over_size = head.over_limit(self.limits.max_header_bytes);
         head.end();
         match read {
-            Ok(Ok(true)) => Head::Read(session),
-            Ok(Ok(false)) => Head::Gone,
+            Ok(Ok(true)) => Some(session),
+            Ok(Ok(false)) => None,
             Ok(Err(e)) => {
                 // Only the error's type: its message quotes the head, credentials included.
                 log::debug!("request head refused: {}", e.etype().as_str());
                 let status = match (over_size, &e.etype) {
                     (true, _) => 431,
                     (false, ErrorType::InvalidHTTPHeader) => 400,
-                    _ => return Head::Gone,
+                    _ => return None,
                 };
                 refuse(&mut session, status).await;
-                Head::Gone
+                None
             }
             Err(_) => {
                 self.closed(Closed::HeaderTimeout);
-                Head::Gone
+                None
             }
         }
     }

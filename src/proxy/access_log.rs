@@ -42,7 +42,10 @@ pub fn write(
         ("verified", Field::Word(verified)),
         ("app_ms", Field::Millis(ended.app_time)),
         ("total_ms", Field::Millis(Some(started.elapsed()))),
-        ("auth_failure", Field::Word(ended.failure.map(|f| f.reason()))),
+        (
+            "auth_failure",
+            Field::Word(ended.failure.map(|f| f.reason())),
+        ),
         ("request_id", Field::Text(Some(request_id))),
     ];
     let line = match format {

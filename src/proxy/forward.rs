@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-
 use bytes::Bytes;
 
 use super::body::Body;
@@ -89,12 +88,15 @@ pub async fn forward(rq: &mut Request<'_>, sent: Sent<'_>) -> (Relayed, Duration
         },
     );
     let stake = Stake {
-        spool: sent.verified.zip(cfg.spool.as_ref()).map(|(v, cfg)| Spooled {
-            cfg: cfg.clone(),
-            pending: spool::Pending::new(cfg, v.label(), &head),
-            delivery: sent.delivery.clone(),
-            body: sent.body.bytes.clone(),
-        }),
+        spool: sent
+            .verified
+            .zip(cfg.spool.as_ref())
+            .map(|(v, cfg)| Spooled {
+                cfg: cfg.clone(),
+                pending: spool::Pending::new(cfg, v.label(), &head),
+                delivery: sent.delivery.clone(),
+                body: sent.body.bytes.clone(),
+            }),
         claim: sent.claim,
     };
     let started = Instant::now();
@@ -119,7 +121,12 @@ pub async fn forward(rq: &mut Request<'_>, sent: Sent<'_>) -> (Relayed, Duration
     if cfg.upstream.defers(status) {
         // The answer is not relayed; its connection is closed with the exchange.
         log::info!("app answered {status}: deferred as 503 (upstream.app_4xx = \"retry\")");
-        stake.settle(AppAnswer { status, whole: true }).await;
+        stake
+            .settle(AppAnswer {
+                status,
+                whole: true,
+            })
+            .await;
         let reply = Reply::retry_later(
             Outcome::Deferred,
             "the app refused the delivery; retry later\n",

@@ -113,12 +113,18 @@ async fn route(rq: &mut Request<'_>) -> Ended {
     let Some(target) = Target::parse(&raw) else {
         log::info!("bad request: request target form");
         return rq
-            .stop(Ended::claimed(None), Reply::bad_request("bad request: request target\n"))
+            .stop(
+                Ended::claimed(None),
+                Reply::bad_request("bad request: request target\n"),
+            )
             .await;
     };
     if !plain_framing(rq.req()) {
         return rq
-            .stop(Ended::claimed(None), Reply::bad_request("bad request: transfer-encoding\n"))
+            .stop(
+                Ended::claimed(None),
+                Reply::bad_request("bad request: transfer-encoding\n"),
+            )
             .await;
     }
     let webhooks = &rq.live.config.webhooks;

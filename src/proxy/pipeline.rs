@@ -5,12 +5,12 @@
 
 use pingora::http::RequestHeader;
 
+use super::Request;
 use super::body::{self, Body};
 use super::ended::Ended;
 use super::forward::{self, Sent};
 use super::relay::Relayed;
 use super::reply::Reply;
-use super::Request;
 use crate::auth::{self, Failure, Verified};
 use crate::config::{Config, FiltersConfig};
 use crate::dedup::{BodyDigest, Claim, ClaimGuard};
@@ -52,7 +52,11 @@ pub async fn deliver(rq: &mut Request<'_>, target: Target<'_>) -> Ended {
     ended.failure = failure;
     let delivery = step!(rq, ended, claimed.map_err(bad_headers));
     step!(rq, ended, filter(&cfg.filters, &delivery));
-    let claim = step!(rq, ended, claim(rq, &delivery, &body, verified.as_ref()).await);
+    let claim = step!(
+        rq,
+        ended,
+        claim(rq, &delivery, &body, verified.as_ref()).await
+    );
 
     let sent = Sent {
         target,
@@ -106,8 +110,10 @@ async fn authenticate(
             } else if failure.is_proof() {
                 Err(Reply::new(403, Outcome::Unauthorized, "forbidden\n").failure(failure))
             } else {
-                Err(Reply::retry_later(Outcome::Unavailable, "cannot verify now, retry later\n")
-                    .failure(failure))
+                Err(
+                    Reply::retry_later(Outcome::Unavailable, "cannot verify now, retry later\n")
+                        .failure(failure),
+                )
             }
         }
     }
@@ -167,7 +173,8 @@ async fn claim(
         )),
         Claim::ReplayedBody => {
             METRICS.auth_failure(Failure::ReplayedBody);
-            Err(Reply::new(403, Outcome::Unauthorized, "forbidden\n").failure(Failure::ReplayedBody))
+            Err(Reply::new(403, Outcome::Unauthorized, "forbidden\n")
+                .failure(Failure::ReplayedBody))
         }
         Claim::Unavailable => Err(Reply::retry_later(
             Outcome::Unavailable,

@@ -62,7 +62,12 @@ pub async fn relay(rq: &mut Request<'_>, mut exchange: Exchange, stake: Stake) -
             Some(Ok(Some(chunk))) => break chunk,
             Some(Ok(None)) => {
                 rq.live.app.finish(exchange);
-                stake.settle(AppAnswer { status, whole: true }).await;
+                stake
+                    .settle(AppAnswer {
+                        status,
+                        whole: true,
+                    })
+                    .await;
                 if !bodiless {
                     let _ = resp.insert_header(http::header::CONTENT_LENGTH, held.len());
                 }
@@ -70,12 +75,13 @@ pub async fn relay(rq: &mut Request<'_>, mut exchange: Exchange, stake: Stake) -
             }
             broken => {
                 log_broken(broken.is_none());
-                stake.settle(AppAnswer { status, whole: false }).await;
-                return Relayed::Replied(Reply::new(
-                    502,
-                    Outcome::UpstreamError,
-                    "bad gateway\n",
-                ));
+                stake
+                    .settle(AppAnswer {
+                        status,
+                        whole: false,
+                    })
+                    .await;
+                return Relayed::Replied(Reply::new(502, Outcome::UpstreamError, "bad gateway\n"));
             }
         }
     };

@@ -178,7 +178,9 @@ impl Copied<'_> {
 /// `X-Pps-Triggered-At` as RFC 3339 UTC with the value as sent in `-Original` when it parses; as sent
 /// otherwise (never a reason to refuse a delivery).
 fn triggered_at(w: &mut HeadWriter, raw: &[u8]) {
-    let parsed = std::str::from_utf8(raw).ok().and_then(timefmt::parse_lenient);
+    let parsed = std::str::from_utf8(raw)
+        .ok()
+        .and_then(timefmt::parse_lenient);
     match parsed {
         Some(ts) => {
             w.header(

@@ -82,7 +82,11 @@ async fn one(shared: &Shared, store: &Store, id: &str) -> (Replayed, Option<u16>
     }
     let guard = if live.config.dedup.enabled {
         let digest = BodyDigest::of(&entry.body);
-        match shared.dedup.claim(entry.meta.key.clone(), digest, false).await {
+        match shared
+            .dedup
+            .claim(entry.meta.key.clone(), digest, false)
+            .await
+        {
             Claim::Acquired(g) => Some(g),
             Claim::Duplicate { status, .. } => {
                 remove(store, id).await;

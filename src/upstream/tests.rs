@@ -107,7 +107,10 @@ async fn deliver(app: &App, n: usize) -> Result<(u16, Vec<u8>), AppFailure> {
 async fn a_request_read_on_a_reused_connection_that_then_closes_is_not_sent_again() {
     // The app answers the first request, then reads the second on the same connection and dies.
     let (addr, seen) = app(|n| (n != 2).then_some(OK)).await;
-    let client = App::new(&config(addr), config(addr).deadlines(Duration::from_secs(30)));
+    let client = App::new(
+        &config(addr),
+        config(addr).deadlines(Duration::from_secs(30)),
+    );
     assert_eq!(deliver(&client, 1).await, Ok((200, b"ok".to_vec())));
     assert_eq!(deliver(&client, 2).await, Err(AppFailure::Unreachable));
     assert_eq!(
@@ -121,7 +124,10 @@ async fn a_request_read_on_a_reused_connection_that_then_closes_is_not_sent_agai
 #[tokio::test]
 async fn sequential_requests_reuse_one_connection() {
     let (addr, seen) = app(|_| Some(OK)).await;
-    let client = App::new(&config(addr), config(addr).deadlines(Duration::from_secs(30)));
+    let client = App::new(
+        &config(addr),
+        config(addr).deadlines(Duration::from_secs(30)),
+    );
     for n in 1..=3 {
         assert_eq!(deliver(&client, n).await, Ok((200, b"ok".to_vec())));
     }
@@ -166,7 +172,10 @@ async fn an_app_closing_its_idle_connection_costs_no_delivery() {
             }
         }
     });
-    let client = App::new(&config(addr), config(addr).deadlines(Duration::from_secs(30)));
+    let client = App::new(
+        &config(addr),
+        config(addr).deadlines(Duration::from_secs(30)),
+    );
     for n in 1..=5 {
         assert_eq!(deliver(&client, n).await, Ok((200, b"ok".to_vec())));
         // The FIN the app sent after its answer is there before the next checkout looks.
@@ -184,7 +193,10 @@ async fn chunked_answers_with_trailers_are_decoded_and_the_connection_reused() {
         Some(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nConnection: x-hop\r\nX-Hop: 1\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n")
     })
     .await;
-    let client = App::new(&config(addr), config(addr).deadlines(Duration::from_secs(30)));
+    let client = App::new(
+        &config(addr),
+        config(addr).deadlines(Duration::from_secs(30)),
+    );
     for n in 1..=2 {
         let (head, body) = request(n);
         let mut exchange = client.send(head, &body).await.unwrap();

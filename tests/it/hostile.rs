@@ -168,7 +168,7 @@ async fn a_corpus_of_malformed_requests_never_reaches_the_app_unverified_and_the
         );
     }
     for got in app.requests() {
-        let canonical = pps_sidecar::paths::canonical(&got.path);
+        let canonical = pps_sidecar::route::canonical(&got.path);
         assert!(
             !canonical.is_some_and(|c| c.starts_with("/webhooks")),
             "the app saw a webhook path unverified: {}",
