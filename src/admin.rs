@@ -21,10 +21,14 @@ use crate::metrics::METRICS;
 use crate::spool;
 use crate::state::Shared;
 
-/// The admin listener's bounds: probes and scrapes are small, few, and answered at once. A kubelet and a
-/// Prometheus or two need a handful of connections; a head of a few hundred bytes.
+/// The admin listener's bounds: probes and scrapes are small, few, and answered at once; a head of a few
+/// hundred bytes. A connection that sends nothing costs a few KiB until `header_timeout` closes it, so
+/// the bound on connections is generous, and one peer may hold only a few of them: a pod that floods
+/// this port cannot take the kubelet's probes away (a failed liveness probe would restart the sidecar
+/// and lose its dedup cache).
 pub const LIMITS: ConnectionLimits = ConnectionLimits {
-    max_connections: 64,
+    max_connections: 512,
+    max_per_peer: Some(16),
     header_timeout: Duration::from_secs(5),
     keepalive: Duration::from_secs(30),
     max_header_bytes: 8 * 1024,
@@ -160,7 +164,13 @@ impl Admin {
                 ));
             }
         }
-        if let Some(line) = self.shared.dedup.status() {
+        let hmac = live
+            .config
+            .auth
+            .methods
+            .contains(&crate::config::Method::Hmac)
+            .then(|| crate::auth::hmac::status(&live.config.auth.hmac, crate::timefmt::unix_now()));
+        for line in [self.shared.dedup.status(), hmac.flatten()].into_iter().flatten() {
             detail.push_str(&line);
             detail.push('\n');
         }

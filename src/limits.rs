@@ -11,6 +11,9 @@ use std::time::Duration;
 pub struct ConnectionLimits {
     /// Connections open at once; more are closed as they are accepted.
     pub max_connections: usize,
+    /// Connections open at once from one peer address, when bounded: one noisy client cannot take every
+    /// slot from the others (the admin listener's kubelet probes).
+    pub max_per_peer: Option<usize>,
     /// A request head must arrive whole within it (from the accept, or from its first byte).
     pub header_timeout: Duration,
     /// How long a kept-alive connection may wait for its next request.

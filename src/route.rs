@@ -78,19 +78,94 @@ pub fn route(path: &str, prefixes: &[String]) -> Route {
     let Some(canonical) = canonical(path) else {
         return Route::Ambiguous;
     };
-    let webhook = prefixes.iter().any(|prefix| {
-        let p = prefix.trim_end_matches('/').to_lowercase();
-        canonical == p
-            || canonical
-                .strip_prefix(&p)
-                .is_some_and(|rest| rest.starts_with('/'))
-            || (p.is_empty() && canonical == "/")
-    });
-    if webhook {
-        Route::Webhook
+    if prefixes
+        .iter()
+        .any(|prefix| under(&canonical, &prefix.to_lowercase()))
+    {
+        return Route::Webhook;
+    }
+    // A router that applies only some of the canonical form's readings, or applies them in another
+    // order, may still find a webhook path (`/webhooks/..;x=1` as sent): the path means different things
+    // to different routers. Only a path with something to read differently pays for the check.
+    let plain = !path.contains("//")
+        && !path
+            .bytes()
+            .any(|b| matches!(b, b'%' | b';' | b'.' | b'A'..=b'Z' | 0x80..));
+    let partly = || {
+        partial_readings(path)
+            .iter()
+            .any(|r| prefixes.iter().any(|prefix| under(r, prefix)))
+    };
+    if !plain && partly() {
+        Route::Ambiguous
     } else {
         Route::Other
     }
+}
+
+/// Whether `path` is `prefix` or below it.
+fn under(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+        || (prefix.is_empty() && path == "/")
+}
+
+/// `path` under every sequence of distinct readings an app router may apply: percent-decoding,
+/// lowercasing, removing dot segments (merging empty ones), dropping `;` parameters.
+fn partial_readings(path: &str) -> Vec<String> {
+    let readings: [fn(&str) -> String; 4] = [
+        |p| {
+            let mut out = Vec::with_capacity(p.len());
+            let mut rest = p.as_bytes();
+            while let Some((&b, tail)) = rest.split_first() {
+                let hex = tail.get(..2).and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) if b == b'%' => {
+                        out.push(v);
+                        rest = &tail[2..];
+                    }
+                    _ => {
+                        out.push(b);
+                        rest = tail;
+                    }
+                }
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        },
+        str::to_lowercase,
+        |p| {
+            let mut kept: Vec<&str> = Vec::new();
+            for segment in p.split('/') {
+                match segment {
+                    "" | "." => {}
+                    ".." => {
+                        kept.pop();
+                    }
+                    s => kept.push(s),
+                }
+            }
+            format!("/{}", kept.join("/"))
+        },
+        |p| {
+            let segments: Vec<&str> = p.split('/').map(|s| s.split(';').next().unwrap_or("")).collect();
+            segments.join("/")
+        },
+    ];
+    let mut out = vec![path.to_string()];
+    let mut pending = vec![(path.to_string(), 0u8)];
+    while let Some((p, used)) = pending.pop() {
+        for (i, read) in readings.iter().enumerate() {
+            if used & (1 << i) == 0 {
+                let next = read(&p);
+                out.push(next.clone());
+                pending.push((next, used | (1 << i)));
+            }
+        }
+    }
+    out
 }
 
 /// `path` decoded, lowercased, without `;` parameters, empty, `.` and `..` segments; `None` when
@@ -200,6 +275,173 @@ mod tests {
         ] {
             assert_eq!(route(p, &hooks()), Route::Ambiguous, "{p}");
         }
+    }
+
+    #[test]
+    fn only_origin_form_and_absolute_form_targets_are_served() {
+        fn t(raw: &str) -> Option<Target<'_>> {
+            Target::parse(raw.as_bytes())
+        }
+        assert_eq!(t("/webhooks?a=1").unwrap().path(), "/webhooks");
+        let abs = t("HTTP://orders.example:8080/webhooks/x?y").unwrap();
+        assert_eq!(
+            (abs.origin, abs.authority),
+            ("/webhooks/x?y", Some("orders.example:8080"))
+        );
+        assert_eq!(t("https://[::1]/webhooks").unwrap().path(), "/webhooks");
+        for refused in [
+            "webhooks",
+            "x:/webhooks",
+            "%2Fwebhooks",
+            "foo:/webhooks",
+            "foo://h/webhooks",
+            "*",
+            "orders.example:443",
+            "http:/webhooks",
+            "http:///webhooks",
+            "http://user@h/webhooks",
+            "http://h",
+            "http://h?x",
+            "/webhooks#frag",
+            "",
+        ] {
+            assert_eq!(t(refused), None, "{refused}");
+        }
+        assert_eq!(Target::parse(b"/web\xffhooks"), None);
+    }
+
+    /// The ways app routers commonly read a path, each applied on its own and in every order: whatever
+    /// the app does with the target it receives, a webhook path is among what it may see only if the
+    /// sidecar routed the request as a delivery.
+    mod readings {
+        pub fn decoded(p: &str) -> String {
+            let b = p.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < b.len() {
+                let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+                    (b'%', Some(v)) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    (c, _) => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        }
+
+        pub fn lowercased(p: &str) -> String {
+            p.to_lowercase()
+        }
+
+        /// RFC 3986, 5.2.4, plus the merging of empty segments most routers do.
+        pub fn without_dot_segments(p: &str) -> String {
+            let mut out: Vec<&str> = Vec::new();
+            for seg in p.split('/') {
+                match seg {
+                    "" | "." => {}
+                    ".." => {
+                        out.pop();
+                    }
+                    s => out.push(s),
+                }
+            }
+            format!("/{}", out.join("/"))
+        }
+
+        pub fn without_params(p: &str) -> String {
+            p.split('/')
+                .map(|s| s.split(';').next().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("/")
+        }
+
+        pub const ALL: [fn(&str) -> String; 4] =
+            [decoded, lowercased, without_dot_segments, without_params];
+
+        /// Every sequence of distinct readings (the empty one is the path as sent).
+        pub fn every(p: &str) -> Vec<String> {
+            let mut seen = vec![p.to_string()];
+            let mut frontier = vec![(p.to_string(), Vec::<usize>::new())];
+            while let Some((path, used)) = frontier.pop() {
+                for (i, read) in ALL.iter().enumerate() {
+                    if used.contains(&i) {
+                        continue;
+                    }
+                    let next = read(&path);
+                    let mut u = used.clone();
+                    u.push(i);
+                    seen.push(next.clone());
+                    frontier.push((next, u));
+                }
+            }
+            seen
+        }
+
+        pub fn names_a_webhook_path(p: &str) -> bool {
+            p == "/webhooks" || p.starts_with("/webhooks/")
+        }
+    }
+
+    #[test]
+    fn a_target_reaches_the_app_as_a_webhook_path_only_when_it_was_routed_as_one() {
+        use proptest::test_runner::{Config, TestRunner};
+        const TOKENS: [&str; 32] = [
+            "/", "//", "webhooks", "WebHooks", "%77", "ebhooks", "%2e", "%2E", "%2f", "%2F", "%25",
+            "..", ".", ";x=1", ";", "?", "?a=/webhooks", "#", "a", "http://h", "HTTP://h:1", "x:",
+            "*", "%", "\\", "%5c", "@", "webhooks/", "%3b", "%00", "%57", "%",
+        ];
+        // Mostly targets that start as a path does, so that every verdict is reached often.
+        let start = proptest::prop_oneof![
+            6 => proptest::strategy::Just("/"),
+            3 => proptest::strategy::Just("/webhooks"),
+            1 => proptest::strategy::Just("http://h/"),
+            1 => proptest::strategy::Just(""),
+        ];
+        let strategy = (
+            start,
+            proptest::collection::vec(proptest::sample::select(&TOKENS[..]), 0..7),
+        );
+        let mut runner = TestRunner::new(Config {
+            cases: 20_000,
+            ..Config::default()
+        });
+        let (mut refused, mut webhook, mut other_checked) = (0, 0, 0);
+        let counts = std::cell::RefCell::new((&mut refused, &mut webhook, &mut other_checked));
+        runner
+            .run(&strategy, |(start, parts)| {
+                let raw = format!("{start}{}", parts.concat());
+                let mut c = counts.borrow_mut();
+                let Some(target) = Target::parse(raw.as_bytes()) else {
+                    *c.0 += 1;
+                    return Ok(());
+                };
+                match route(target.path(), &hooks()) {
+                    Route::Ambiguous => *c.0 += 1,
+                    Route::Webhook => *c.1 += 1,
+                    Route::Other => {
+                        // The app receives `target.origin`; its router reads the path part.
+                        let sent = target.origin.split('?').next().unwrap_or_default();
+                        for reading in readings::every(sent) {
+                            proptest::prop_assert!(
+                                !readings::names_a_webhook_path(&reading),
+                                "{raw:?} reaches the app unverified, read as {reading:?}"
+                            );
+                        }
+                        *c.2 += 1;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        drop(counts);
+        // Each kind of verdict must have been reached often, or the property says little.
+        assert!(refused > 1_000 && webhook > 1_000 && other_checked > 1_000,
+            "refused {refused}, webhook {webhook}, other {other_checked}");
     }
 
     proptest::proptest! {

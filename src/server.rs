@@ -90,6 +90,7 @@ fn webhook_service(shared: &Arc<Shared>) -> Service<Listener<Webhooks>> {
     let cfg = &live.config.server;
     let limits = ConnectionLimits {
         max_connections: cfg.max_connections,
+        max_per_peer: None,
         header_timeout: cfg.header_timeout,
         keepalive: cfg.keepalive_timeout,
         max_header_bytes: cfg.max_header_bytes,

@@ -17,7 +17,9 @@
 //! A head that cannot be parsed is answered `400`, one over the size bound `431`, and the connection is
 //! closed; a deadline missed closes it without an answer (there is no request to answer).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -50,6 +52,8 @@ pub struct Listener<H> {
     handler: H,
     limits: ConnectionLimits,
     connections: Arc<Semaphore>,
+    /// Open connections by peer address, when `limits.max_per_peer` bounds them.
+    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// Whether the connection metrics are this listener's (the webhook listener's).
     counted: bool,
 }
@@ -59,6 +63,7 @@ impl<H> Listener<H> {
         Self {
             handler,
             connections: Arc::new(Semaphore::new(limits.max_connections)),
+            peers: Arc::default(),
             limits,
             counted,
         }
@@ -79,6 +84,10 @@ impl<H: Handler> ServerApp for Listener<H> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let Ok(_permit) = self.connections.clone().try_acquire_owned() else {
+            self.closed(Closed::TooManyConnections);
+            return None;
+        };
+        let Some(_peer) = self.peer_slot(&stream) else {
             self.closed(Closed::TooManyConnections);
             return None;
         };
@@ -109,6 +118,26 @@ impl<H: Handler> ServerApp for Listener<H> {
 }
 
 impl<H: Handler> Listener<H> {
+    /// A slot for the connection's peer address within `max_per_peer` (always, when unbounded).
+    fn peer_slot(&self, stream: &Stream) -> Option<PeerSlot> {
+        let Some(max) = self.limits.max_per_peer else {
+            return Some(PeerSlot(None));
+        };
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|a| a.ip())));
+        let Some(ip) = ip else {
+            return Some(PeerSlot(None));
+        };
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let open = peers.entry(ip).or_default();
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(PeerSlot(Some((self.peers.clone(), ip))))
+    }
+
     /// Waits on a kept-alive connection for the first byte of its next request (peeked, so the head
     /// parser still reads it): `None` when the peer closes, the idle allowance passes, or the server
     /// shuts down.
@@ -152,6 +181,23 @@ impl<H: Handler> Listener<H> {
             Err(_) => {
                 self.closed(Closed::HeaderTimeout);
                 None
+            }
+        }
+    }
+}
+
+/// A connection's share of its peer's bound, given back when the connection ends.
+struct PeerSlot(Option<(Arc<Mutex<HashMap<IpAddr, usize>>>, IpAddr)>);
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        if let Some((peers, ip)) = self.0.take() {
+            let mut peers = peers.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(open) = peers.get_mut(&ip) {
+                *open -= 1;
+                if *open == 0 {
+                    peers.remove(&ip);
+                }
             }
         }
     }
