@@ -170,7 +170,10 @@ impl Admin {
             .methods
             .contains(&crate::config::Method::Hmac)
             .then(|| crate::auth::hmac::status(&live.config.auth.hmac, crate::timefmt::unix_now()));
-        for line in [self.shared.dedup.status(), hmac.flatten()].into_iter().flatten() {
+        for line in [self.shared.dedup.status(), hmac.flatten()]
+            .into_iter()
+            .flatten()
+        {
             detail.push_str(&line);
             detail.push('\n');
         }

@@ -150,7 +150,10 @@ fn partial_readings(path: &str) -> Vec<String> {
             format!("/{}", kept.join("/"))
         },
         |p| {
-            let segments: Vec<&str> = p.split('/').map(|s| s.split(';').next().unwrap_or("")).collect();
+            let segments: Vec<&str> = p
+                .split('/')
+                .map(|s| s.split(';').next().unwrap_or(""))
+                .collect();
             segments.join("/")
         },
     ];
@@ -319,7 +322,9 @@ mod tests {
             let mut out = Vec::new();
             let mut i = 0;
             while i < b.len() {
-                let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
                 match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
                     (b'%', Some(v)) => {
                         out.push(v);
@@ -391,9 +396,38 @@ mod tests {
     fn a_target_reaches_the_app_as_a_webhook_path_only_when_it_was_routed_as_one() {
         use proptest::test_runner::{Config, TestRunner};
         const TOKENS: [&str; 32] = [
-            "/", "//", "webhooks", "WebHooks", "%77", "ebhooks", "%2e", "%2E", "%2f", "%2F", "%25",
-            "..", ".", ";x=1", ";", "?", "?a=/webhooks", "#", "a", "http://h", "HTTP://h:1", "x:",
-            "*", "%", "\\", "%5c", "@", "webhooks/", "%3b", "%00", "%57", "%",
+            "/",
+            "//",
+            "webhooks",
+            "WebHooks",
+            "%77",
+            "ebhooks",
+            "%2e",
+            "%2E",
+            "%2f",
+            "%2F",
+            "%25",
+            "..",
+            ".",
+            ";x=1",
+            ";",
+            "?",
+            "?a=/webhooks",
+            "#",
+            "a",
+            "http://h",
+            "HTTP://h:1",
+            "x:",
+            "*",
+            "%",
+            "\\",
+            "%5c",
+            "@",
+            "webhooks/",
+            "%3b",
+            "%00",
+            "%57",
+            "%",
         ];
         // Mostly targets that start as a path does, so that every verdict is reached often.
         let start = proptest::prop_oneof![
@@ -440,8 +474,10 @@ mod tests {
             .unwrap();
         drop(counts);
         // Each kind of verdict must have been reached often, or the property says little.
-        assert!(refused > 1_000 && webhook > 1_000 && other_checked > 1_000,
-            "refused {refused}, webhook {webhook}, other {other_checked}");
+        assert!(
+            refused > 1_000 && webhook > 1_000 && other_checked > 1_000,
+            "refused {refused}, webhook {webhook}, other {other_checked}"
+        );
     }
 
     proptest::proptest! {

@@ -2,33 +2,8 @@
 //! spellings, malformed values and framing, thrown at the real binary with `other_paths = "forward"`,
 //! where a mistake would hand the app an unverified delivery.
 
-use std::net::SocketAddr;
-
 use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Sends raw bytes, half-closes, and reads whatever comes back until the sidecar closes.
-async fn raw(addr: SocketAddr, req: &[u8]) -> Vec<u8> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let _ = s.write_all(req).await;
-    let _ = s.shutdown().await;
-    let mut out = Vec::new();
-    tokio::time::timeout(PATIENCE, s.read_to_end(&mut out))
-        .await
-        .expect("the sidecar answers or closes in time")
-        .ok();
-    out
-}
-
-fn status_of(answer: &[u8]) -> Option<u16> {
-    let line = answer.split(|b| *b == b'\r').next()?;
-    std::str::from_utf8(line)
-        .ok()?
-        .split(' ')
-        .nth(1)?
-        .parse()
-        .ok()
-}
 
 fn forged(path: &str) -> Delivery {
     let mut d = Delivery::json().sign_with("not-the-secret");

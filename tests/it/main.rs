@@ -3,6 +3,7 @@
 
 mod common;
 
+mod boundary;
 mod chaos;
 mod cli;
 mod dedup;

@@ -136,3 +136,27 @@ pub async fn send_copies(targets: &[SocketAddr], d: &Delivery, n: usize) -> Vec<
     }
     conns
 }
+
+/// Sends raw bytes, half-closes, and reads whatever comes back until the sidecar closes.
+pub async fn raw(addr: SocketAddr, req: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(req).await;
+    let _ = s.shutdown().await;
+    let mut out = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut out))
+        .await
+        .expect("the sidecar answers or closes in time")
+        .ok();
+    out
+}
+
+/// The status of the first answer in `answer`, if there is one.
+pub fn status_of(answer: &[u8]) -> Option<u16> {
+    let line = answer.split(|b| *b == b'\r').next()?;
+    std::str::from_utf8(line)
+        .ok()?
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
+}

@@ -39,15 +39,17 @@ pub fn answer(status: u16, content_type: &str, extra: &str, body: &str) -> Vec<u
 }
 
 /// Reads header lines up to the blank line. `None` at end of stream or on a line that is not a header.
+/// A byte that is not text is kept as U+FFFD, so that a test can see it arrived.
 pub async fn read_headers<R: AsyncBufRead + Unpin>(
     reader: &mut R,
 ) -> Option<Vec<(String, String)>> {
     let mut headers = Vec::new();
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).await.ok()? == 0 {
+        let mut raw = Vec::new();
+        if reader.read_until(b'\n', &mut raw).await.ok()? == 0 {
             return None;
         }
+        let line = String::from_utf8_lossy(&raw);
         let line = line.trim_end_matches(['\r', '\n']);
         if line.is_empty() {
             return Some(headers);

@@ -29,8 +29,14 @@ pub fn free_addrs<const N: usize>() -> [SocketAddr; N] {
     free_ports::<N>().map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
+/// The binary under test: this build's, or `PPS_SIDECAR_TEST_BINARY` (to watch a test fail on a build
+/// without its fix).
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_pps-sidecar")
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        std::env::var("PPS_SIDECAR_TEST_BINARY")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_pps-sidecar").to_string())
+    })
 }
 
 /// `pps-sidecar run` on `config`, logging at the level the tests read.
