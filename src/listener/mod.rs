@@ -53,7 +53,7 @@ pub struct Listener<H> {
     limits: ConnectionLimits,
     connections: Arc<Semaphore>,
     /// Open connections by peer address, when `limits.max_per_peer` bounds them.
-    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    peers: Peers,
     /// Whether the connection metrics are this listener's (the webhook listener's).
     counted: bool,
 }
@@ -187,7 +187,10 @@ impl<H: Handler> Listener<H> {
 }
 
 /// A connection's share of its peer's bound, given back when the connection ends.
-struct PeerSlot(Option<(Arc<Mutex<HashMap<IpAddr, usize>>>, IpAddr)>);
+struct PeerSlot(Option<(Peers, IpAddr)>);
+
+/// Open connections by peer address.
+type Peers = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
