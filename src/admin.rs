@@ -150,8 +150,13 @@ impl Admin {
     /// `kubectl describe` shows which one failed.
     async fn readiness(&self) -> (bool, String) {
         let live = self.shared.live();
-        let mut ready = true;
-        let mut detail = format!("config: ok ({})\n", live.config.path.display());
+        let mut ready = !self.shared.draining();
+        let mut detail = if ready {
+            String::new()
+        } else {
+            "shutting down: SIGTERM received\n".to_string()
+        };
+        detail.push_str(&format!("config: ok ({})\n", live.config.path.display()));
         if let Some(jwt) = &live.jwt {
             let missing = jwt.not_loaded();
             if missing.is_empty() {

@@ -1,10 +1,10 @@
 //! Reload on SIGHUP or when a watched file changes; drain on SIGTERM.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::server::{ExecutionPhase, ShutdownWatch};
+use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -141,42 +141,6 @@ impl BackgroundService for JwksRefresher {
             }
         }
     }
-}
-
-/// On SIGTERM Pingora closes the listeners and then waits its whole grace period. This ends the process
-/// as soon as the deliveries in flight are done, or lets Pingora's grace period run out.
-pub fn exit_when_drained(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>) {
-    std::thread::spawn(move || {
-        loop {
-            match phases.blocking_recv() {
-                Ok(ExecutionPhase::GracefulTerminate) => {
-                    log::info!(
-                        "SIGTERM: no new connections; waiting for {} request(s) in flight",
-                        METRICS.in_flight_now()
-                    );
-                }
-                Ok(ExecutionPhase::ShutdownGracePeriod) => {
-                    // Quiet for a moment, so that a request accepted just before the listener closed
-                    // has had time to be counted.
-                    let mut idle_since: Option<Instant> = None;
-                    loop {
-                        if METRICS.in_flight_now() > 0 {
-                            idle_since = None;
-                        } else if idle_since.get_or_insert_with(Instant::now).elapsed()
-                            >= Duration::from_millis(200)
-                        {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    log::info!("drained: exiting");
-                    std::process::exit(0);
-                }
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    });
 }
 
 #[cfg(test)]

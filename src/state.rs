@@ -1,6 +1,7 @@
 //! The configuration in force and what was built from it, shared by the proxy, the admin listener and the
 //! background services. A reload swaps it whole; a request keeps the one it started with.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::auth::jwt::JwtVerifier;
@@ -27,6 +28,8 @@ pub struct Shared {
     pub bodies: Arc<BodyBudget>,
     /// The start-up configuration's deadlines, which sized the dedup claims.
     pub startup: Deadlines,
+    /// SIGTERM arrived: not ready any more, connections not kept.
+    draining: AtomicBool,
 }
 
 impl Shared {
@@ -44,7 +47,17 @@ impl Shared {
             dedup,
             bodies: Arc::default(),
             startup,
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// From now on `/readyz` answers 503 and no connection is kept alive.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     pub fn live(&self) -> Arc<Live> {

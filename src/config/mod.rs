@@ -63,6 +63,9 @@ pub struct ServerConfig {
     /// On SIGTERM, deliveries in flight get this long to finish. Below Kubernetes' default 30 s
     /// `terminationGracePeriodSeconds`, so the pod is never killed mid-delivery.
     pub shutdown_grace: Duration,
+    /// On SIGTERM, `/readyz` answers 503 at once and the listeners keep serving this long, so that the
+    /// endpoints controller removes the pod before its listener closes.
+    pub shutdown_delay: Duration,
     pub log_format: LogFormat,
     /// A request head must arrive whole within it.
     pub header_timeout: Duration,

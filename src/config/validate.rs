@@ -106,12 +106,16 @@ impl Validator<'_> {
         if raw.shutdown_grace_seconds > 3_600 {
             return Err(self.err("server.shutdown_grace_seconds", "must be at most 3600"));
         }
+        if raw.shutdown_delay_ms > 600_000 {
+            return Err(self.err("server.shutdown_delay_ms", "must be at most 600000"));
+        }
         self.limits(&raw)?;
         Ok(ServerConfig {
             listen,
             admin_listen,
             threads: raw.threads,
             shutdown_grace: Duration::from_secs(raw.shutdown_grace_seconds),
+            shutdown_delay: Duration::from_millis(raw.shutdown_delay_ms),
             log_format: raw.log_format,
             header_timeout: Duration::from_millis(raw.header_timeout_ms),
             body_timeout: Duration::from_millis(raw.body_timeout_ms),

@@ -94,6 +94,10 @@ impl crate::listener::Handler for Webhooks {
             live: &live,
             shared: &self.shared,
         };
+        if self.shared.draining() {
+            // The pod is leaving its Service: the sender's next request goes to another replica.
+            rq.session.set_keepalive(None);
+        }
         let ended = route(&mut rq).await;
         METRICS.request(ended.outcome);
         METRICS.observe_request(started.elapsed());

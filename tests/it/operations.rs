@@ -206,7 +206,7 @@ async fn broken_config_is_refused_counted_and_the_old_one_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_delivery_in_flight_finish_then_exits_0() {
     let app = TestApp::start().await;
-    let sidecar = Sidecar::start(&app, "").await;
+    let sidecar = Sidecar::start(&app, "[server]\nshutdown_delay_ms = 0\n").await;
     app.set(Behaviour::Hold(200));
     let d = Delivery::json();
     let mut conn = Conn::open(sidecar.addr).await;
@@ -228,6 +228,38 @@ async fn sigterm_lets_the_delivery_in_flight_finish_then_exits_0() {
 
     let status = poll("the sidecar exits", || async { sidecar.exited() }).await;
     assert_eq!(status.code(), Some(0), "{}", sidecar.log());
+}
+
+/// Kubernetes removes a terminating pod from its Service's endpoints a little after SIGTERM: meanwhile
+/// the sidecar says it is not ready and keeps serving, closing each connection after its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_readyz_503_at_once_and_serves_until_the_delay_has_passed() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "[server]\nshutdown_delay_ms = 3000\n").await;
+    assert_eq!(sidecar.admin_get("/readyz").await.status, 200);
+    signal(&sidecar, "TERM");
+    let started = std::time::Instant::now();
+    eventually("/readyz says 503", || async {
+        get(sidecar.admin, "/readyz")
+            .await
+            .is_some_and(|r| r.status == 503)
+    })
+    .await;
+    let mut conn = Conn::open(sidecar.addr).await;
+    let r = conn.send(&Delivery::json().bytes()).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "still within the delay"
+    );
+    assert_eq!(r.status, 200, "deliveries are still served");
+    assert_eq!(r.get("Connection"), Some("close"));
+    assert!(conn.is_closed().await);
+    let status = poll("the sidecar exits", || async { sidecar.exited() }).await;
+    assert_eq!(status.code(), Some(0), "{}", sidecar.log());
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(3),
+        "not before the delay"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

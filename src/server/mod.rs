@@ -1,17 +1,20 @@
-//! Wiring: the Pingora server with the proxy service and the admin service.
+//! Wiring: the Pingora server with the webhook listener, the admin listener and the background services,
+//! in the order they start.
+
+mod drain;
 
 use std::sync::Arc;
 
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
-use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::dedup::Dedup;
-use crate::lifecycle::{self, JwksRefresher, Reloader};
+use crate::lifecycle::{JwksRefresher, Reloader};
 use crate::limits::ConnectionLimits;
 use crate::listener::Listener;
 use crate::proxy::Webhooks;
@@ -61,14 +64,21 @@ pub fn run(config: Config) -> ! {
     let reloader = Reloader {
         shared: shared.clone(),
     };
+    let signals = drain::Signals {
+        shared: shared.clone(),
+        delay: shared.live().config.server.shutdown_delay,
+    };
     let jwks = JwksRefresher { shared };
 
     server.add_service(webhooks);
     server.add_service(admin);
     server.add_service(background_service("reload", reloader));
     server.add_service(background_service("jwks", jwks));
-    lifecycle::exit_when_drained(server.watch_execution_phase());
-    server.run_forever()
+    drain::exit_when_drained(server.watch_execution_phase());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    std::process::exit(0)
 }
 
 /// Both addresses can be bound now, or the process ends with the reason.
