@@ -12,7 +12,8 @@ mod spool_cli;
 /// free lists make the many small per-request allocations (headers, buffers) cheap.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use pps_sidecar::config::{Backend, Config, Method};
+use pps_sidecar::config::{Backend, Config, LogFormat, Method};
+use pps_sidecar::logging;
 
 /// Verifies, deduplicates and normalises Pitchpoint webhooks in front of an app.
 #[derive(Parser)]
@@ -90,11 +91,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
+            // The logger first, in the format the file asks for: with "json", a refused file is one JSON
+            // line too, like every line after it.
+            let format = cli
+                .config
+                .as_deref()
+                .map_or(LogFormat::Text, logging::format_in_file);
+            logging::init(format);
             let config = match load(cli.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            pps_sidecar::logging::init(config.server.log_format);
+            logging::set_format(config.server.log_format);
             pps_sidecar::server::run(config)
         }
         Command::Check => match load(cli.config) {
@@ -123,13 +131,22 @@ fn main() -> ExitCode {
 
 fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
     let Some(path) = path else {
-        eprintln!("error: no configuration: pass --config PATH or set PPS_SIDECAR_CONFIG");
+        report("no configuration: pass --config PATH or set PPS_SIDECAR_CONFIG");
         return Err(ExitCode::from(2));
     };
     Config::load(&path).map_err(|e| {
-        eprintln!("error: {e}");
+        report(&e.to_string());
         ExitCode::from(1)
     })
+}
+
+/// An error that ends the command: a log line when `run` writes JSON logs, else `error: ...` on stderr.
+fn report(e: &str) {
+    if log::log_enabled!(log::Level::Error) && logging::format_now() == LogFormat::Json {
+        log::error!("{e}");
+    } else {
+        eprintln!("error: {e}");
+    }
 }
 
 fn summary(c: &Config) -> String {

@@ -11,6 +11,7 @@ mod hostile;
 mod jwt;
 mod k8s;
 mod limits;
+mod logs;
 #[cfg(target_os = "linux")]
 mod monitoring;
 mod operations;

@@ -276,3 +276,104 @@ async fn metrics_expose_the_standard_process_series() {
     assert!(rss > 1e6, "{rss}");
     assert!(rss < metric(&scrape, "process_virtual_memory_bytes"));
 }
+
+/// The memory cgroup directory this test process is in (v1's memory controller, else v2), as the kernel
+/// names it in /proc/self/cgroup, under the usual mount points.
+fn own_memory_cgroup() -> Option<(std::path::PathBuf, &'static str)> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    for l in cgroup.lines() {
+        let mut f = l.splitn(3, ':');
+        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+        let path = path.trim_start_matches('/');
+        if controllers.split(',').any(|c| c == "memory") {
+            let dir = std::path::Path::new("/sys/fs/cgroup/memory").join(path);
+            return dir.is_dir().then_some((dir, "memory.limit_in_bytes"));
+        }
+        if controllers.is_empty()
+            && std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        {
+            return Some((
+                std::path::Path::new("/sys/fs/cgroup").join(path),
+                "memory.max",
+            ));
+        }
+    }
+    None
+}
+
+/// A memory cgroup of its own with a limit, removed when dropped.
+struct LimitedCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl Drop for LimitedCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn the_memory_limit_on_metrics_is_the_one_the_kernel_enforces_on_the_process() {
+    // The sidecar started in a memory cgroup of its own, limited to 200 MiB, as the kubelet starts a
+    // container: /metrics shows that limit, which the memory alert divides by.
+    let (parent, file) = own_memory_cgroup().expect(
+        "no memory cgroup: the sidecar's cgroup_memory_limit series cannot be checked here",
+    );
+    let dir = parent.join(format!("pps-sidecar-test-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap_or_else(|e| {
+        panic!(
+            "cannot create {} ({e}): run the tests as root",
+            dir.display()
+        )
+    });
+    let cgroup = LimitedCgroup { dir };
+    let limit: u64 = 200 << 20;
+    std::fs::write(cgroup.dir.join(file), limit.to_string()).unwrap();
+
+    let app = TestApp::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let [listen, admin] = free_addrs();
+    let config = tmp.path().join("sidecar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n\n[upstream]\naddress = \"{}\"\n\n[auth.hmac]\nsecrets = [{{ value = \"{SECRET}\" }}]\n",
+            app.addr
+        ),
+    )
+    .unwrap();
+    // Into the cgroup first, then the binary: everything it allocates is under the limit.
+    let procs = cgroup.dir.join("cgroup.procs");
+    let sidecar = Proc::spawn(
+        "pps-sidecar",
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$1" && exec "$2" run --config "$3""#)
+            .args([
+                "sh",
+                procs.to_str().unwrap(),
+                binary(),
+                config.to_str().unwrap(),
+            ]),
+        tmp.path(),
+    );
+    let scrape = poll("the sidecar serves /metrics", || async {
+        sidecar.assert_running();
+        get(admin, "/metrics")
+            .await
+            .filter(|r| r.status == 200)
+            .map(|r| r.text())
+    })
+    .await;
+    assert_eq!(
+        metric(&scrape, "pps_sidecar_cgroup_memory_limit_bytes"),
+        limit as f64,
+        "{scrape}"
+    );
+    drop(sidecar);
+    // The process is gone: the cgroup can go (`LimitedCgroup` removes it).
+    poll("the cgroup empties", || async {
+        std::fs::read_to_string(&procs).map_or(Some(()), |p| p.trim().is_empty().then_some(()))
+    })
+    .await;
+}
