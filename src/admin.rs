@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and `POST /spool/replay` from loopback only.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `POST /spool/replay` from loopback only, and the
+//! app's own probes (`/app-probe/...`, `admin_probe`).
 //! Never the webhook path, never on the webhook port.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -29,6 +30,9 @@ impl ServeHttp for Admin {
                 text(if ready { 200 } else { 503 }, detail)
             }
             "/spool/replay" => self.replay(session).await,
+            p if p.starts_with(crate::admin_probe::PREFIX) => {
+                crate::admin_probe::serve(&session.req_header().method, p).await
+            }
             "/metrics" => {
                 self.count_spool().await;
                 let mut r = text(

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod app_probes;
 mod chaos;
 mod cli;
 mod dedup;
