@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod dedup;
 pub mod headers;
+pub mod inject;
 pub mod lifecycle;
 pub mod limits;
 pub mod logging;

@@ -37,6 +37,29 @@ enum Command {
     /// The dead-letter spool of deliveries the app refused (`[spool] dir`).
     #[command(subcommand)]
     Spool(SpoolCommand),
+    /// Print Kubernetes YAML with the sidecar added to its workloads and their Services repointed:
+    /// `pps-sidecar inject deploy.yaml | kubectl apply -f -`.
+    Inject(InjectArgs),
+}
+
+#[derive(Args)]
+struct InjectArgs {
+    /// The YAML (Deployments, StatefulSets, DaemonSets, Pods and their Services), or - for standard input.
+    #[arg(default_value = "-")]
+    file: String,
+    /// A plain second container, for clusters before Kubernetes 1.29 (default: a native sidecar).
+    #[arg(long)]
+    legacy: bool,
+    /// The sidecar's webhook port (server.listen in the ConfigMap).
+    #[arg(long, default_value_t = 8080)]
+    webhook_port: u16,
+    /// The sidecar's admin port (server.admin_listen in the ConfigMap).
+    #[arg(long, default_value_t = 9090)]
+    admin_port: u16,
+    /// The app's port, by name or number, when the Services do not tell it (or the annotation
+    /// pps-sidecar.io/app-port on the workload).
+    #[arg(long)]
+    app_port: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -116,6 +139,7 @@ fn main() -> ExitCode {
             Ok(c) => spool_cli::run(&c, cmd),
             Err(code) => code,
         },
+        Command::Inject(args) => inject(args),
         Command::Sign(args) => match sign(*args) {
             Ok(out) => {
                 print!("{out}");
@@ -242,6 +266,45 @@ fn sign(a: SignArgs) -> Result<String, String> {
     }
     cmd.push('\n');
     Ok(cmd)
+}
+
+/// `inject`: the YAML on stdout, notes on stderr; on a refusal, every reason on stderr and nothing on
+/// stdout, so that `| kubectl apply -f -` applies nothing.
+fn inject(a: InjectArgs) -> ExitCode {
+    let input = if a.file == "-" {
+        let mut buf = String::new();
+        std::io::stdin().read_to_string(&mut buf).map(|_| buf)
+    } else {
+        std::fs::read_to_string(&a.file)
+    };
+    let input = match input {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {}", a.file, e.kind());
+            return ExitCode::from(2);
+        }
+    };
+    let opts = pps_sidecar::inject::Options {
+        legacy: a.legacy,
+        webhook_port: a.webhook_port,
+        admin_port: a.admin_port,
+        app_port: a.app_port,
+    };
+    match pps_sidecar::inject::inject(&input, &opts) {
+        Ok(out) => {
+            print!("{}", out.yaml);
+            for n in out.notes {
+                eprintln!("note: {n}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn now_rfc3339() -> String {
