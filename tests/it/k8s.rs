@@ -70,6 +70,7 @@ fn manifests_validate_and_route_webhooks_through_the_sidecar() {
         assert!(line.contains("1.29"), "{line}");
     }
     assert!(out.contains("monitoring: ok"), "{out}");
+    assert!(out.contains("examples/policies: ok"), "{out}");
     assert!(out.contains("k8s manifests and Dockerfiles: ok"), "{out}");
 
     // The e2e test below reads the ConfigMap with a few lines of Rust: they agree with a YAML parser.

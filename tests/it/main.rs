@@ -9,6 +9,7 @@ mod cli;
 mod dedup;
 mod delivery;
 mod hostile;
+mod inject;
 mod jwt;
 mod k8s;
 mod limits;
