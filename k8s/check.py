@@ -59,6 +59,8 @@ SHUTDOWN_DELAY_MS = 5000
 # be sent: the tests, the benchmarks, the manifests, the examples and the build output.
 DOCKER_NEEDED = {"Cargo.toml", "Cargo.lock", "src", ".ci"}
 DOCKER_IGNORED = {"target", ".git", "dist", "tests", "bench", "k8s", "examples"}
+INJECT_SOURCES = ["k8s/components/pps-sidecar/deployment-patch.yaml",
+                  "k8s/components/pps-sidecar-legacy/deployment-patch.yaml"]
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 VERSION = None  # Cargo.toml's package.version, read in main() (tomllib may need the virtualenv)
 
@@ -561,8 +563,18 @@ def check_dockerfiles():
     froms = [i for i in root if i.upper().startswith("FROM ")]
     if len(froms) != 2 or not froms[0].startswith("FROM rust:1-bookworm"):
         e.append("Dockerfile: expected a rust:1-bookworm build stage and a runtime stage")
-    if not froms or froms[-1].split()[1] != "gcr.io/distroless/cc-debian12:nonroot":
+    if not froms or froms[-1].split()[1].split("@")[0] != "gcr.io/distroless/cc-debian12:nonroot":
         e.append("Dockerfile: the runtime stage must be gcr.io/distroless/cc-debian12:nonroot")
+    for f in froms:
+        if not re.search(r"@sha256:[0-9a-f]{64}(\s|$)", f):
+            e.append(f"Dockerfile: `{f}` must pin its base image by digest (@sha256:...)")
+    build_run = " ".join(i for i in root if i.upper().startswith("RUN "))
+    if "strip" not in build_run:
+        e.append("Dockerfile: the binary must be stripped")
+    labels = " ".join(i for i in root if i.upper().startswith("LABEL "))
+    for key in ("source", "version", "revision"):
+        if f"org.opencontainers.image.{key}=" not in labels:
+            e.append(f"Dockerfile: needs the OCI label org.opencontainers.image.{key}")
     runtime = root[root.index(froms[-1]):] if froms else []
     build = root[:root.index(froms[-1])] if froms else []
     if not any(".ci/build-release" in i for i in build if i.upper().startswith("RUN ")):
@@ -594,6 +606,10 @@ def check_dockerfiles():
     if missing:
         e.append(f".dockerignore: must also ignore {missing} (the build needs only {sorted(DOCKER_NEEDED)})")
     needed = sorted(n for n in DOCKER_NEEDED if n in ignored or n.split("/")[0] in ignored)
+    # `inject` compiles the Components' patches in (include_str!): they must reach the build.
+    for patch in INJECT_SOURCES:
+        if f"!{patch}" not in ignored:
+            needed.append(patch)
     if needed:
         e.append(f".dockerignore: ignores {needed}, which the build needs")
     return e
@@ -636,6 +652,21 @@ def check_in_step(variant, docs, model_docs):
 # ---- monitoring -----------------------------------------------------------------------------------
 
 SEVERITIES = ("warning", "critical")
+# kube-prometheus-stack's Prometheus selects PodMonitors and rules by release: <release name>.
+RELEASE = "kube-prometheus-stack"
+ALERTS = ["PpsSidecarDown", "PpsSidecarWrongSecret", "PpsSidecarAppFailing", "PpsSidecarUnavailable",
+          "PpsSidecarConnectionsRefused", "PpsSidecarConfigRefused", "PpsSidecarDedupStoreErrors",
+          "PpsSidecarMemoryNearLimit", "PpsSidecarJwksRefreshFailing", "PpsSidecarSpoolGrowing",
+          "PpsSidecarSpoolDropping", "PpsSidecarSpoolWriteFailing", "PpsSidecarNoDeliveries"]
+# Words some panel title must hold: what an operator looks for.
+PANELS = ["spool", "Open connections", "Connections closed", "p50, p90, p99", "memory and its limit"]
+
+
+def readme_anchors():
+    """The anchors GitHub gives k8s/README.md's headings (lowercase, punctuation dropped, spaces to -)."""
+    with open(os.path.join(HERE, "README.md")) as f:
+        heads = [ln.lstrip("#").strip() for ln in f if ln.startswith("#")]
+    return {re.sub(r"[^a-z0-9 _-]", "", h.lower()).replace(" ", "-") for h in heads}
 
 
 def check_monitoring(docs, pods):
@@ -663,9 +694,23 @@ def check_monitoring(docs, pods):
     eps = spec.get("podMetricsEndpoints") or []
     if not eps or any(ep.get("port") != "admin" or ep.get("path", "/metrics") != "/metrics" for ep in eps):
         e.append("monitoring: the PodMonitor must scrape port `admin`, path /metrics")
+    for d in monitors + rules:
+        if (d.get("metadata", {}).get("labels") or {}).get("release") != RELEASE:
+            e.append(f"monitoring: {d['kind']} needs the label release: {RELEASE} (kube-prometheus-stack's "
+                     "default selectors)")
     alerts = [r for g in (rules[0].get("spec") or {}).get("groups") or [] for r in g.get("rules") or []]
-    if len(alerts) < 6:
-        e.append(f"monitoring: expected at least 6 alerts, found {len(alerts)}")
+    missing = sorted(set(ALERTS) - {r.get("alert") for r in alerts})
+    if missing:
+        e.append(f"monitoring: alerts missing: {missing}")
+    anchors = readme_anchors()
+    for r in alerts:
+        url = str((r.get("annotations") or {}).get("runbook_url", ""))
+        base, _, anchor = url.partition("#")
+        if not base.startswith("https://") or anchor not in anchors:
+            e.append(f"monitoring: alert {r.get('alert')} needs a runbook_url to a section of k8s/README.md "
+                     f"(https://...#anchor), has {url!r}")
+        if r.get("alert") == "PpsSidecarSpoolDropping" and 'reason!="superseded"' not in str(r.get("expr")):
+            e.append("monitoring: PpsSidecarSpoolDropping must not fire on reason=\"superseded\" (not a loss)")
     for r in alerts:
         name = r.get("alert") or r.get("record")
         if not r.get("alert") or not str(r.get("expr", "")).strip():
@@ -692,6 +737,17 @@ def check_monitoring(docs, pods):
         for p in panels:
             if not any(str(t.get("expr", "")).strip() for t in p.get("targets") or []):
                 e.append(f"monitoring: {key} panel {p.get('title')!r} has no query")
+            # One unit per axis: the panel's, and no override that would put another on the same axis.
+            fc = p.get("fieldConfig") or {}
+            units = [str(o) for ov in fc.get("overrides") or [] for o in ov.get("properties") or []
+                     if "unit" in str(o)]
+            if not (fc.get("defaults") or {}).get("unit") or units:
+                e.append(f"monitoring: {key} panel {p.get('title')!r} needs one unit (fieldConfig.defaults.unit) "
+                         "and no override of it")
+        titles = " ".join(str(p.get("title")) for p in panels)
+        for word in PANELS:
+            if word not in titles:
+                e.append(f"monitoring: {key} has no panel on {word!r}")
     return e
 
 
@@ -1008,9 +1064,35 @@ BREAKS = [
      lambda d: kind(d, "PrometheusRule")["spec"]["groups"][0]["rules"][0]["labels"].clear(), "labels.severity"),
     ("an alert without for", ["monitoring"],
      lambda d: kind(d, "PrometheusRule")["spec"]["groups"][0]["rules"][1].pop("for"), "needs a `for`"),
+    ("the PodMonitor without the release label", ["monitoring"],
+     lambda d: kind(d, "PodMonitor")["metadata"]["labels"].pop("release"), "release: kube-prometheus-stack"),
+    ("an alert without a runbook", ["monitoring"],
+     lambda d: kind(d, "PrometheusRule")["spec"]["groups"][0]["rules"][2]["annotations"].pop("runbook_url"),
+     "needs a runbook_url"),
+    ("a runbook to a section that does not exist", ["monitoring"],
+     lambda d: kind(d, "PrometheusRule")["spec"]["groups"][0]["rules"][0]["annotations"].update(
+         runbook_url="https://x/README.md#nowhere"), "needs a runbook_url"),
+    ("the spool alert fires on superseded entries", ["monitoring"],
+     lambda d: next(r for r in kind(d, "PrometheusRule")["spec"]["groups"][0]["rules"]
+                    if r["alert"] == "PpsSidecarSpoolDropping").update(
+         expr="increase(pps_sidecar_spool_dropped_total[1h]) > 0"), "superseded"),
+    ("an alert removed", ["monitoring"],
+     lambda d: kind(d, "PrometheusRule")["spec"]["groups"][0]["rules"].pop(0), "alerts missing"),
+    ("a panel with two units", ["monitoring"],
+     lambda d: kind(d, "ConfigMap")["data"].update({"pps-sidecar.json": d_json_units(kind(d, "ConfigMap"))}),
+     "needs one unit"),
     ("a dashboard that is not JSON", ["monitoring"],
      lambda d: kind(d, "ConfigMap")["data"].update({"pps-sidecar.json": "{"}), "is not JSON"),
 ]
+
+
+def d_json_units(cm):
+    import json
+
+    board = json.loads(cm["data"]["pps-sidecar.json"])
+    board["panels"][0]["fieldConfig"]["overrides"] = [
+        {"matcher": {"id": "byName", "options": "x"}, "properties": [{"id": "unit", "value": "bytes"}]}]
+    return json.dumps(board)
 
 
 def kind(docs, k):
