@@ -17,7 +17,7 @@ fn check_py(args: &[&str]) -> (i32, String, String) {
 
 /// The `sidecar.toml` literal block of k8s/base/configmap.yaml: the file the pod sees at
 /// /etc/pps-sidecar/sidecar.toml.
-fn configmap_toml() -> String {
+pub(crate) fn configmap_toml() -> String {
     let yaml = std::fs::read_to_string(repo_path("k8s/base/configmap.yaml")).unwrap();
     let indent = |l: &str| l.len() - l.trim_start().len();
     let mut lines = yaml.lines();
@@ -139,7 +139,7 @@ fn manifest_checks_catch_broken_manifests() {
 
 /// Replaces the pod's value at `path` by this machine's, checking first that the manifest still says what
 /// the mapping expects.
-fn remap(conf: &mut toml::Table, path: &[&str], pod: &str, here: String) {
+pub(crate) fn remap(conf: &mut toml::Table, path: &[&str], pod: &str, here: String) {
     let (last, tables) = path.split_last().unwrap();
     let mut t = conf;
     for k in tables {

@@ -20,4 +20,5 @@ mod operations;
 mod redis;
 mod redis_faults;
 mod retry;
+mod runbooks;
 mod spool;
