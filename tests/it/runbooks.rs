@@ -214,7 +214,7 @@ impl Pod {
     /// A path in the pod, in this test's folder.
     fn local(&self, pod_path: &str) -> String {
         match pod_path.strip_prefix("/etc/pps-sidecar/") {
-            Some(rest) if rest == "sidecar.toml" => self.config.to_str().unwrap().to_string(),
+            Some("sidecar.toml") => self.config.to_str().unwrap().to_string(),
             Some(rest) => self.dir.path().join(rest).to_str().unwrap().to_string(),
             None => pod_path.to_string(),
         }
