@@ -155,7 +155,8 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, listen.port())
 }
 
-fn text(status: u16, body: String) -> Response<Vec<u8>> {
+/// A plain-text answer of the admin listener.
+pub(crate) fn text(status: u16, body: String) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
         .header("Content-Type", "text/plain; charset=utf-8")

@@ -20,6 +20,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use http::Response;
+
+use crate::admin::text;
 use serde::Deserialize;
 
 /// The environment variable `inject` writes the probes into.
@@ -206,15 +208,6 @@ fn short(e: &reqwest::Error) -> &'static str {
     } else {
         "no valid HTTP answer"
     }
-}
-
-fn text(status: u16, body: String) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header("Content-Type", "text/plain; charset=utf-8")
-        .header("Content-Length", body.len())
-        .body(body.into_bytes())
-        .expect("static response parts are valid")
 }
 
 #[cfg(test)]

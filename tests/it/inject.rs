@@ -12,11 +12,9 @@ use serde_json::Value;
 
 use crate::common::*;
 
-/// Runs `pps-sidecar inject ARGS` with `input` on stdin: (exit code, stdout, stderr).
-fn inject(args: &[&str], input: &str) -> (i32, String, String) {
-    let mut child = Command::new(binary())
-        .arg("inject")
-        .args(args)
+/// Runs `cmd` to completion with `input` on its standard input: (exit code, stdout, stderr).
+pub(crate) fn run_with_stdin(cmd: &mut Command, input: &str) -> (i32, String, String) {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -31,9 +29,14 @@ fn inject(args: &[&str], input: &str) -> (i32, String, String) {
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `pps-sidecar inject ARGS` with `input` on stdin.
+fn inject(args: &[&str], input: &str) -> (i32, String, String) {
+    run_with_stdin(Command::new(binary()).arg("inject").args(args), input)
 }
 
 fn inject_ok(args: &[&str], input: &str) -> (String, String) {

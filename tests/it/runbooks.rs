@@ -8,10 +8,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::common::*;
-use crate::k8s::{configmap_toml, remap};
+use crate::inject::run_with_stdin;
+use crate::k8s::pod_config;
 
 /// Commands that only a cluster (or a registry) can answer, by prefix, with why.
 const CLUSTER_ONLY: &[(&str, &str)] = &[
@@ -137,41 +138,9 @@ impl Pod {
         let dir = tempfile::tempdir().unwrap();
         let [listen, admin] = free_addrs();
         let app = TestApp::start().await;
-        let secrets = dir.path().join("secrets");
-        std::fs::create_dir_all(&secrets).unwrap();
-        std::fs::write(secrets.join("hmac"), SECRET).unwrap();
-        std::fs::write(secrets.join("hmac-next"), "the-next-secret").unwrap();
-        let mut conf: toml::Table = configmap_toml().parse().unwrap();
-        remap(
-            &mut conf,
-            &["server", "listen"],
-            "0.0.0.0:8080",
-            listen.to_string(),
-        );
-        remap(
-            &mut conf,
-            &["server", "admin_listen"],
-            "0.0.0.0:9090",
-            admin.to_string(),
-        );
-        remap(
-            &mut conf,
-            &["upstream", "address"],
-            "127.0.0.1:3000",
-            app.addr.to_string(),
-        );
-        let spool = dir.path().join("spool");
-        remap(
-            &mut conf,
-            &["spool", "dir"],
-            "/var/spool/pps-sidecar",
-            spool.to_str().unwrap().into(),
-        );
-        let secret = conf["auth"]["hmac"]["secrets"][0].as_table_mut().unwrap();
-        let file = secrets.join("hmac").to_str().unwrap().to_string();
-        remap(secret, &["file"], "/etc/pps-sidecar/secrets/hmac", file);
-        let config = dir.path().join("sidecar.toml");
-        std::fs::write(&config, toml::to_string(&conf).unwrap()).unwrap();
+        let config = pod_config(dir.path(), listen, admin, app.addr);
+        // During a rotation the Secret also holds `hmac-next` (k8s/README.md, "Rotating it").
+        std::fs::write(dir.path().join("secrets/hmac-next"), "the-next-secret").unwrap();
 
         // The sidecar container's environment, from the manifest: the config path exec'd commands read.
         let manifest =
@@ -222,28 +191,13 @@ impl Pod {
 
     /// Runs `pps-sidecar ARGS` as `kubectl exec` runs it in the container: its environment, no --config.
     fn exec(&self, args: &[String], stdin: &str) -> (i32, String, String) {
-        let mut child = Command::new(binary())
-            .args(args.iter().map(|a| self.local(a)))
-            .env("PPS_SIDECAR_CONFIG", self.local(&self.config_env))
-            .env("RUST_LOG", "info")
-            .env_remove("PPS_WEBHOOK_SECRET")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        run_with_stdin(
+            Command::new(binary())
+                .args(args.iter().map(|a| self.local(a)))
+                .env("PPS_SIDECAR_CONFIG", self.local(&self.config_env))
+                .env("RUST_LOG", "info")
+                .env_remove("PPS_WEBHOOK_SECRET"),
+            stdin,
         )
     }
 
