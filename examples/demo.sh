@@ -3,7 +3,7 @@
 # duplicate delivery. Ports: app 13000, sidecar 18080, admin 19090 (override with APP_PORT, PORT, ADMIN_PORT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-.ci/deps
+.ci/deps demo      # the build, curl and python3: neither kubectl nor Redis
 
 APP_PORT=${APP_PORT:-13000}
 PORT=${PORT:-18080}
@@ -12,7 +12,7 @@ export PPS_WEBHOOK_SECRET=${PPS_WEBHOOK_SECRET:-demo-secret-change-me}
 
 echo "== building pps-sidecar"
 cargo build --locked --quiet
-bin=target/debug/pps-sidecar
+bin=${CARGO_TARGET_DIR:-target}/debug/pps-sidecar
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }

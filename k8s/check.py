@@ -8,6 +8,7 @@
                                          each series they name is on /metrics
     python3 k8s/check.py --self-test     break the manifests in memory in known ways and show that each
                                          break is caught (so that a green run means something)
+    python3 k8s/check.py --validate FILE validate every document of FILE strictly (tests/it/inject.rs)
 
 1. Schemas: every manifest is validated strictly (unknown fields are errors) with the PyPI package
    kubernetes-validate against Kubernetes 1.29 and the newest version it bundles; the variants meant for
@@ -52,10 +53,14 @@ SIDECAR_IMAGE = "pps-sidecar"
 CONFIG_PATH = "/etc/pps-sidecar/sidecar.toml"
 SIDECAR_ARGS = ["run", "--config", CONFIG_PATH]
 RUN_AS_USER = 65532
+# server.shutdown_delay_ms's default: the time endpoints take to drop a terminating pod.
+SHUTDOWN_DELAY_MS = 5000
 # What the Dockerfile's build (.ci/build-release: cargo build --release --locked) reads, and what it must not
 # be sent: the tests, the benchmarks, the manifests, the examples and the build output.
 DOCKER_NEEDED = {"Cargo.toml", "Cargo.lock", "src", ".ci"}
 DOCKER_IGNORED = {"target", ".git", "dist", "tests", "bench", "k8s", "examples"}
+INJECT_SOURCES = ["k8s/components/pps-sidecar/deployment-patch.yaml",
+                  "k8s/components/pps-sidecar-legacy/deployment-patch.yaml"]
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 VERSION = None  # Cargo.toml's package.version, read in main() (tomllib may need the virtualenv)
 
@@ -151,6 +156,29 @@ class Render:
 
 
 KUSTOMIZED = {}
+RENDER_ROOT = None
+# Files the examples' secretGenerators read, which are never committed: a copy of k8s/ gets fresh ones.
+GENERATED_SECRETS = ["examples/with-sidecar/hmac", "examples/with-sidecar-legacy/hmac"]
+
+
+def render_root():
+    """A copy of k8s/ in a temporary folder, with a random `hmac` file where an example generates its
+    Secret from one (as k8s/README.md tells a user to make it): the repository holds no secret at all."""
+    global RENDER_ROOT
+    if RENDER_ROOT is None:
+        import atexit
+        import secrets
+        import shutil
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="pps-k8s-")
+        atexit.register(shutil.rmtree, tmp, True)
+        RENDER_ROOT = os.path.join(tmp, "k8s")
+        shutil.copytree(HERE, RENDER_ROOT, ignore=shutil.ignore_patterns("hmac"))
+        for f in GENERATED_SECRETS:
+            with open(os.path.join(RENDER_ROOT, f), "w") as out:
+                out.write(secrets.token_hex(32))
+    return RENDER_ROOT
 
 
 def kustomize(d, errors):
@@ -163,7 +191,7 @@ def kustomize(d, errors):
         cmd = (["kubectl", "kustomize"] if shutil.which("kubectl") or not shutil.which("kustomize")
                else ["kustomize", "build"])
         try:
-            out = subprocess.run([*cmd, os.path.join(HERE, d)], stdout=subprocess.PIPE,
+            out = subprocess.run([*cmd, os.path.join(render_root(), d)], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         except FileNotFoundError:
             out = None
@@ -404,8 +432,8 @@ def check_structure(variant, docs):
         e.append(f"{variant}: upstream.address {upstream.get('address')!r} must be a loopback address")
     if len({listen, admin, app_port}) != 3:
         e.append(f"{variant}: listen ({listen}), admin_listen ({admin}) and the app ({app_port}) must differ")
-    if grace != 25:
-        e.append(f"{variant}: server.shutdown_grace_seconds must be 25, is {grace}")
+    if grace != 20:
+        e.append(f"{variant}: server.shutdown_grace_seconds must be 20, is {grace}")
     secret_specs = conf.get("auth", {}).get("hmac", {}).get("secrets")
     if not secret_specs:
         e.append(f"{variant}: auth.hmac.secrets is empty")
@@ -419,8 +447,13 @@ def check_structure(variant, docs):
             e.append(f"{variant}: auth.hmac.secrets[{i}].file {f} is not mounted from a Secret")
         elif got[3]:
             e.append(f"{variant}: auth.hmac.secrets[{i}].file {f} comes from an optional item")
-        elif got[1] not in secrets or got[2] not in data_keys(secrets[got[1]]):
-            e.append(f"{variant}: auth.hmac.secrets[{i}].file {f}: Secret {got[1]} key {got[2]} is not defined")
+        elif got[1] in secrets and got[2] not in data_keys(secrets[got[1]]):
+            e.append(f"{variant}: auth.hmac.secrets[{i}].file {f}: Secret {got[1]} has no key {got[2]}")
+        elif got[1] not in secrets and variant in KUSTOMIZE:
+            e.append(f"{variant}: the example generates no Secret {got[1]} (secretGenerator from `hmac`)")
+    if variant not in KUSTOMIZE and secrets:
+        e.append(f"{variant}: ships a Secret ({', '.join(secrets)}): a placeholder would be deployed by every "
+                 "`kubectl apply -k`; the user creates it (k8s/README.md)")
 
     # -- ports: where the Service and the probes land
     def container_port(c, name_or_number):
@@ -481,9 +514,15 @@ def check_structure(variant, docs):
     # -- lifecycle, security, resources
     # Absent is Kubernetes' default, 30 s; a longer one (an app that needs it) is fine.
     tgps = pod.get("terminationGracePeriodSeconds", 30)
-    if not isinstance(tgps, int) or tgps < 30 or (isinstance(grace, int) and tgps <= grace):
+    # SIGTERM: serving on for shutdown_delay_ms (5000 unless set) with /readyz at 503, then the drain.
+    delay = server.get("shutdown_delay_ms", SHUTDOWN_DELAY_MS) / 1000
+    if not isinstance(tgps, int) or tgps < 30 or (isinstance(grace, int) and tgps <= delay + grace):
         e.append(f"{variant}: terminationGracePeriodSeconds must be at least 30 and above "
-                 f"shutdown_grace_seconds ({grace}), is {tgps}")
+                 f"shutdown_delay_ms + shutdown_grace_seconds ({delay:g} + {grace} s), is {tgps}")
+    env = {v.get("name"): v.get("value") for v in side.get("env") or []}
+    if env.get("PPS_SIDECAR_CONFIG") != CONFIG_PATH:
+        e.append(f"{variant}: the sidecar's env PPS_SIDECAR_CONFIG must be {CONFIG_PATH} (so that "
+                 f"`kubectl exec ... -- pps-sidecar spool list` finds it), is {env.get('PPS_SIDECAR_CONFIG')}")
     pod_sc = pod.get("securityContext") or {}
     for c in (side, app):
         sc = c.get("securityContext") or {}
@@ -524,8 +563,18 @@ def check_dockerfiles():
     froms = [i for i in root if i.upper().startswith("FROM ")]
     if len(froms) != 2 or not froms[0].startswith("FROM rust:1-bookworm"):
         e.append("Dockerfile: expected a rust:1-bookworm build stage and a runtime stage")
-    if not froms or froms[-1].split()[1] != "gcr.io/distroless/cc-debian12:nonroot":
+    if not froms or froms[-1].split()[1].split("@")[0] != "gcr.io/distroless/cc-debian12:nonroot":
         e.append("Dockerfile: the runtime stage must be gcr.io/distroless/cc-debian12:nonroot")
+    for f in froms:
+        if not re.search(r"@sha256:[0-9a-f]{64}(\s|$)", f):
+            e.append(f"Dockerfile: `{f}` must pin its base image by digest (@sha256:...)")
+    build_run = " ".join(i for i in root if i.upper().startswith("RUN "))
+    if "strip" not in build_run:
+        e.append("Dockerfile: the binary must be stripped")
+    labels = " ".join(i for i in root if i.upper().startswith("LABEL "))
+    for key in ("source", "version", "revision"):
+        if f"org.opencontainers.image.{key}=" not in labels:
+            e.append(f"Dockerfile: needs the OCI label org.opencontainers.image.{key}")
     runtime = root[root.index(froms[-1]):] if froms else []
     build = root[:root.index(froms[-1])] if froms else []
     if not any(".ci/build-release" in i for i in build if i.upper().startswith("RUN ")):
@@ -557,6 +606,10 @@ def check_dockerfiles():
     if missing:
         e.append(f".dockerignore: must also ignore {missing} (the build needs only {sorted(DOCKER_NEEDED)})")
     needed = sorted(n for n in DOCKER_NEEDED if n in ignored or n.split("/")[0] in ignored)
+    # `inject` compiles the Components' patches in (include_str!): they must reach the build.
+    for patch in INJECT_SOURCES:
+        if f"!{patch}" not in ignored:
+            needed.append(patch)
     if needed:
         e.append(f".dockerignore: ignores {needed}, which the build needs")
     return e
@@ -599,6 +652,21 @@ def check_in_step(variant, docs, model_docs):
 # ---- monitoring -----------------------------------------------------------------------------------
 
 SEVERITIES = ("warning", "critical")
+# kube-prometheus-stack's Prometheus selects PodMonitors and rules by release: <release name>.
+RELEASE = "kube-prometheus-stack"
+ALERTS = ["PpsSidecarDown", "PpsSidecarWrongSecret", "PpsSidecarAppFailing", "PpsSidecarUnavailable",
+          "PpsSidecarConnectionsRefused", "PpsSidecarConfigRefused", "PpsSidecarDedupStoreErrors",
+          "PpsSidecarMemoryNearLimit", "PpsSidecarJwksRefreshFailing", "PpsSidecarSpoolGrowing",
+          "PpsSidecarSpoolDropping", "PpsSidecarSpoolWriteFailing", "PpsSidecarNoDeliveries"]
+# Words some panel title must hold: what an operator looks for.
+PANELS = ["spool", "Open connections", "Connections closed", "p50, p90, p99", "memory and its limit"]
+
+
+def readme_anchors():
+    """The anchors GitHub gives k8s/README.md's headings (lowercase, punctuation dropped, spaces to -)."""
+    with open(os.path.join(HERE, "README.md")) as f:
+        heads = [ln.lstrip("#").strip() for ln in f if ln.startswith("#")]
+    return {re.sub(r"[^a-z0-9 _-]", "", h.lower()).replace(" ", "-") for h in heads}
 
 
 def check_monitoring(docs, pods):
@@ -626,9 +694,23 @@ def check_monitoring(docs, pods):
     eps = spec.get("podMetricsEndpoints") or []
     if not eps or any(ep.get("port") != "admin" or ep.get("path", "/metrics") != "/metrics" for ep in eps):
         e.append("monitoring: the PodMonitor must scrape port `admin`, path /metrics")
+    for d in monitors + rules:
+        if (d.get("metadata", {}).get("labels") or {}).get("release") != RELEASE:
+            e.append(f"monitoring: {d['kind']} needs the label release: {RELEASE} (kube-prometheus-stack's "
+                     "default selectors)")
     alerts = [r for g in (rules[0].get("spec") or {}).get("groups") or [] for r in g.get("rules") or []]
-    if len(alerts) < 6:
-        e.append(f"monitoring: expected at least 6 alerts, found {len(alerts)}")
+    missing = sorted(set(ALERTS) - {r.get("alert") for r in alerts})
+    if missing:
+        e.append(f"monitoring: alerts missing: {missing}")
+    anchors = readme_anchors()
+    for r in alerts:
+        url = str((r.get("annotations") or {}).get("runbook_url", ""))
+        base, _, anchor = url.partition("#")
+        if not base.startswith("https://") or anchor not in anchors:
+            e.append(f"monitoring: alert {r.get('alert')} needs a runbook_url to a section of k8s/README.md "
+                     f"(https://...#anchor), has {url!r}")
+        if r.get("alert") == "PpsSidecarSpoolDropping" and 'reason!="superseded"' not in str(r.get("expr")):
+            e.append("monitoring: PpsSidecarSpoolDropping must not fire on reason=\"superseded\" (not a loss)")
     for r in alerts:
         name = r.get("alert") or r.get("record")
         if not r.get("alert") or not str(r.get("expr", "")).strip():
@@ -655,6 +737,81 @@ def check_monitoring(docs, pods):
         for p in panels:
             if not any(str(t.get("expr", "")).strip() for t in p.get("targets") or []):
                 e.append(f"monitoring: {key} panel {p.get('title')!r} has no query")
+            # One unit per axis: the panel's, and no override that would put another on the same axis.
+            fc = p.get("fieldConfig") or {}
+            units = [str(o) for ov in fc.get("overrides") or [] for o in ov.get("properties") or []
+                     if "unit" in str(o)]
+            if not (fc.get("defaults") or {}).get("unit") or units:
+                e.append(f"monitoring: {key} panel {p.get('title')!r} needs one unit (fieldConfig.defaults.unit) "
+                         "and no override of it")
+        titles = " ".join(str(p.get("title")) for p in panels)
+        for word in PANELS:
+            if word not in titles:
+                e.append(f"monitoring: {key} has no panel on {word!r}")
+    return e
+
+
+COMPONENT_KINDS = "(Deployment|StatefulSet|DaemonSet)"
+
+
+def check_components():
+    """The Components patch workloads only (never a Service: kustomize cannot tell which Service selects
+    which pod, nor which port served the app), every workload kind `inject` knows, with the opt-out."""
+    e = []
+    for name in ("pps-sidecar", "pps-sidecar-legacy"):
+        (kz,) = load_docs(os.path.join(HERE, "components", name, "kustomization.yaml"))
+        patches = kz.get("patches") or []
+        targets = [p.get("target") or {} for p in patches]
+        if any("Service" in str(t.get("kind")) for t in targets):
+            e.append(f"components/{name}: patches Services; repoint them per port in the kustomization")
+        if [t.get("kind") for t in targets] != [COMPONENT_KINDS]:
+            e.append(f"components/{name}: must patch kind {COMPONENT_KINDS} (one patch), patches "
+                     f"{[t.get('kind') for t in targets]}")
+        if any(t.get("annotationSelector") != "pps-sidecar.io/inject!=false" for t in targets):
+            e.append(f"components/{name}: every patch needs annotationSelector pps-sidecar.io/inject!=false")
+    return e
+
+
+def check_no_secret_files():
+    """No manifest in the repository is a Secret: a placeholder would be deployed by a plain apply."""
+    e = []
+    for f in all_yaml_files():
+        for d in load_docs(f):
+            if isinstance(d, dict) and d.get("kind") == "Secret":
+                e.append(f"{rel(f)}: a Secret in the repository would be deployed as it is: let the user "
+                         "create it (kubectl create secret) or generate it from an ignored file")
+    return e
+
+
+def check_policies(docs, pods):
+    """k8s/examples/policies: the PDB and the NetworkPolicy select the example pods; only the ingress
+    reaches `webhooks`, only Prometheus `admin`, and nothing else is allowed in."""
+    e = []
+    pdbs = [d for d in docs if d.get("kind") == "PodDisruptionBudget"]
+    nps = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+    if len(pdbs) != 1 or len(nps) != 1:
+        return [f"policies: expected one PodDisruptionBudget and one NetworkPolicy, found {len(pdbs)}, {len(nps)}"]
+    labels = (pods["native-sidecar"].get("metadata") or {}).get("labels") or {}
+    for d in pdbs + nps:
+        sel = (d["spec"].get("selector") or d["spec"].get("podSelector") or {}).get("matchLabels") or {}
+        if not sel or any(labels.get(k) != v for k, v in sel.items()):
+            e.append(f"policies: {d['kind']} selector {sel} does not select the native-sidecar pod {labels}")
+    if "minAvailable" in pdbs[0]["spec"]:
+        e.append("policies: the PodDisruptionBudget must use maxUnavailable (minAvailable: 1 with one "
+                 "replica blocks every drain)")
+    rules = nps[0]["spec"].get("ingress") or []
+    if nps[0]["spec"].get("policyTypes") != ["Ingress"] or len(rules) != 2:
+        e.append("policies: the NetworkPolicy must be Ingress only, with two rules")
+    want = {"webhooks": "ingress-nginx", "admin": "prometheus"}
+    for r in rules:
+        ports = [p.get("port") for p in r.get("ports") or []]
+        peers = r.get("from") or []
+        names = [((p.get("podSelector") or {}).get("matchLabels") or {}).get("app.kubernetes.io/name")
+                 for p in peers]
+        if len(ports) != 1 or ports[0] not in want or names != [want[ports[0]]] or \
+                not all(p.get("namespaceSelector") for p in peers):
+            e.append(f"policies: the NetworkPolicy rule for ports {ports} must admit only "
+                     f"{want.get(ports[0] if ports else None)} pods of one namespace, admits {names}")
     return e
 
 
@@ -708,6 +865,17 @@ def run_checks(mutate=None, quiet=False):
     errors.extend(problems)
     if not problems:
         summary.append(f"monitoring: ok ({len(monitoring)} documents)")
+    policies = kustomize("examples/policies", errors) or []
+    if mutate is not None:
+        mutate("policies", policies)
+    problems = [p for d in policies for p in schema_errors(
+        f"examples/policies {d.get('kind')}/{d['metadata'].get('name')}", d, schema_versions(True))]
+    problems += check_policies(policies, {v: pod_spec(ds) for v, ds in rendered.items()})
+    errors.extend(problems)
+    if not problems:
+        summary.append(f"examples/policies: ok ({len(policies)} documents)")
+    errors.extend(check_components())
+    errors.extend(check_no_secret_files())
     errors.extend(check_dockerfiles())
     summary.append(f"{validated} schema validations")
     return list(dict.fromkeys(errors)), summary
@@ -829,7 +997,7 @@ BREAKS = [
     ("grace period shorter than the drain", None,
      lambda d: pod(d).update(terminationGracePeriodSeconds=20), "terminationGracePeriodSeconds"),
     ("drain not configured", None,
-     toml_edit("shutdown_grace_seconds = 25", "shutdown_grace_seconds = 60"), "shutdown_grace_seconds"),
+     toml_edit("shutdown_grace_seconds = 20", "shutdown_grace_seconds = 60"), "shutdown_grace_seconds"),
     ("secret file not mounted", None,
      toml_edit("/etc/pps-sidecar/secrets/hmac", "/etc/pps-sidecar/secret/hmac"), "is not mounted from a Secret"),
     ("secret from the environment instead of the mounted Secret", None,
@@ -864,6 +1032,29 @@ BREAKS = [
      lambda d: sidecar(d)["resources"]["limits"].update(memory="256Mi"), "differs from native-sidecar's"),
     ("an example's sidecar.toml drifts from the base one", sorted(KUSTOMIZE),
      toml_edit("max_entries = 100000", "max_entries = 90000"), "differs from base/configmap.yaml's"),
+    ("exec'd commands cannot find the config", None,
+     lambda d: sidecar(d).update(env=[v for v in sidecar(d)["env"] if v["name"] != "PPS_SIDECAR_CONFIG"]),
+     "PPS_SIDECAR_CONFIG"),
+    ("grace period shorter than the delay and the drain", None,
+     toml_edit("shutdown_grace_seconds = 20", "shutdown_grace_seconds = 20\nshutdown_delay_ms = 10000"),
+     "terminationGracePeriodSeconds"),
+    ("a placeholder Secret in a variant", ["native-sidecar", "two-containers"],
+     lambda d: d.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pps-webhook-secret"},
+                         "stringData": {"hmac": "x"}}), "ships a Secret"),
+    ("an example that generates no Secret", sorted(KUSTOMIZE),
+     lambda d: d.remove(kind(d, "Secret")), "generates no Secret"),
+    # Policies.
+    ("the NetworkPolicy admits anyone to the webhook port", ["policies"],
+     lambda d: kind(d, "NetworkPolicy")["spec"]["ingress"][0].update({"from": [{"podSelector": {}}]}),
+     "must admit only"),
+    ("the NetworkPolicy admits the ingress to the admin port", ["policies"],
+     lambda d: kind(d, "NetworkPolicy")["spec"]["ingress"][1]["ports"][0].update(port="webhooks"),
+     "must admit only"),
+    ("a PDB that blocks drains", ["policies"],
+     lambda d: kind(d, "PodDisruptionBudget")["spec"].update(minAvailable=1), "maxUnavailable"),
+    ("policies for other pods", ["policies"],
+     lambda d: kind(d, "PodDisruptionBudget")["spec"]["selector"].update(matchLabels={"app": "x"}),
+     "does not select"),
     # Monitoring.
     ("the PodMonitor selects other pods", ["monitoring"],
      lambda d: kind(d, "PodMonitor")["spec"]["selector"].update(matchLabels={"app": "x"}), "does not select"),
@@ -873,9 +1064,35 @@ BREAKS = [
      lambda d: kind(d, "PrometheusRule")["spec"]["groups"][0]["rules"][0]["labels"].clear(), "labels.severity"),
     ("an alert without for", ["monitoring"],
      lambda d: kind(d, "PrometheusRule")["spec"]["groups"][0]["rules"][1].pop("for"), "needs a `for`"),
+    ("the PodMonitor without the release label", ["monitoring"],
+     lambda d: kind(d, "PodMonitor")["metadata"]["labels"].pop("release"), "release: kube-prometheus-stack"),
+    ("an alert without a runbook", ["monitoring"],
+     lambda d: kind(d, "PrometheusRule")["spec"]["groups"][0]["rules"][2]["annotations"].pop("runbook_url"),
+     "needs a runbook_url"),
+    ("a runbook to a section that does not exist", ["monitoring"],
+     lambda d: kind(d, "PrometheusRule")["spec"]["groups"][0]["rules"][0]["annotations"].update(
+         runbook_url="https://x/README.md#nowhere"), "needs a runbook_url"),
+    ("the spool alert fires on superseded entries", ["monitoring"],
+     lambda d: next(r for r in kind(d, "PrometheusRule")["spec"]["groups"][0]["rules"]
+                    if r["alert"] == "PpsSidecarSpoolDropping").update(
+         expr="increase(pps_sidecar_spool_dropped_total[1h]) > 0"), "superseded"),
+    ("an alert removed", ["monitoring"],
+     lambda d: kind(d, "PrometheusRule")["spec"]["groups"][0]["rules"].pop(0), "alerts missing"),
+    ("a panel with two units", ["monitoring"],
+     lambda d: kind(d, "ConfigMap")["data"].update({"pps-sidecar.json": d_json_units(kind(d, "ConfigMap"))}),
+     "needs one unit"),
     ("a dashboard that is not JSON", ["monitoring"],
      lambda d: kind(d, "ConfigMap")["data"].update({"pps-sidecar.json": "{"}), "is not JSON"),
 ]
+
+
+def d_json_units(cm):
+    import json
+
+    board = json.loads(cm["data"]["pps-sidecar.json"])
+    board["panels"][0]["fieldConfig"]["overrides"] = [
+        {"matcher": {"id": "byName", "options": "x"}, "properties": [{"id": "unit", "value": "bytes"}]}]
+    return json.dumps(board)
 
 
 def kind(docs, k):
@@ -904,6 +1121,19 @@ def self_test():
     print(f"self-test: {caught} breaks caught")
 
 
+def validate_file(path):
+    """Strict schema validation of every document of `path` (what `pps-sidecar inject` printed)."""
+    import yaml
+
+    with open(path) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d is not None]
+    problems = [p for d in docs for p in schema_errors(
+        f"{path} {d.get('kind')}/{(d.get('metadata') or {}).get('name')}", d, schema_versions(False))]
+    if problems:
+        sys.exit("\n".join(problems))
+    print(f"{len(docs)} documents valid")
+
+
 def main():
     global VERSION
     bootstrap()
@@ -915,6 +1145,8 @@ def main():
         return print_queries()
     if args == ["--self-test"]:
         return self_test()
+    if len(args) == 2 and args[0] == "--validate":
+        return validate_file(args[1])
     if args:
         sys.exit(__doc__)
     problems, summary = run_checks()

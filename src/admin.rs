@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and `POST /spool/replay` from loopback only.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `POST /spool/replay` from loopback only, and the
+//! app's own probes (`/app-probe/...`, `admin_probe`).
 //! Never the webhook path, never on the webhook port.
 //!
 //! It is reachable by any pod in the cluster (probes and scrapes come from outside the pod), so it has
@@ -74,6 +75,9 @@ impl Admin {
                 text(if ready { 200 } else { 503 }, detail)
             }
             "/spool/replay" => self.replay(session).await,
+            p if p.starts_with(crate::admin_probe::PREFIX) => {
+                crate::admin_probe::serve(&session.req_header().method, p).await
+            }
             "/metrics" => {
                 self.count_spool().await;
                 let mut page = METRICS.render(
@@ -222,7 +226,8 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, listen.port())
 }
 
-fn text(status: u16, body: String) -> Response<Vec<u8>> {
+/// A plain-text answer of the admin listener.
+pub(crate) fn text(status: u16, body: String) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
         .header("Content-Type", "text/plain; charset=utf-8")

@@ -5,11 +5,13 @@
 //! [`upstream`]. The configuration is [`config`]; the state in force, swapped on reload, is [`state`].
 
 pub mod admin;
+pub mod admin_probe;
 pub mod auth;
 pub mod config;
 pub mod dedup;
 pub mod delivery;
 pub mod headers;
+pub mod inject;
 pub mod lifecycle;
 pub mod limits;
 pub mod listener;

@@ -79,6 +79,15 @@ impl Reloader {
                         "reload ({reason}): {what} changed; it takes effect after a restart"
                     );
                 }
+                if new.server.log_format != old.config.server.log_format {
+                    // Every line from now on, the access log's included (it follows the config in
+                    // force), so that no stretch of the log mixes the two formats.
+                    crate::logging::set_format(new.server.log_format);
+                    log::info!(
+                        "reload ({reason}): server.log_format is now {}",
+                        crate::logging::format_name(new.server.log_format)
+                    );
+                }
                 self.shared.replace(new);
                 METRICS.reload(metrics::Result::Success);
                 log::info!("configuration reloaded ({reason})");
@@ -91,6 +100,8 @@ impl Reloader {
                         "reload ({reason}) refused, the previous configuration stays in force: {e}"
                     );
                     METRICS.reload(metrics::Result::Failure);
+                } else {
+                    METRICS.reload_standing(metrics::Result::Failure);
                 }
                 Err(e)
             }

@@ -4,23 +4,33 @@
 //!   values quoted by `proxy::access_log`), and for any other line `msg="…"`, quoted and escaped.
 //! - `json`: one JSON object per line; the access log's fields are merged into it.
 //!
-//! Either way a value from a request cannot split a line or forge a field.
+//! Either way a value from a request cannot split a line or forge a field: every character that does not
+//! print, or that some reader takes for a line break (U+0085, U+2028, U+2029), is escaped.
+//!
+//! The format is read for every line, not captured once: a reload that changes `server.log_format` applies
+//! to every line written after it (the access log follows the configuration in force too).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use crate::config::LogFormat;
 
 /// The target of the access log, whose message is already structured.
 pub const ACCESS: &str = "access";
 
+/// Whether lines are written as JSON now (`server.log_format = "json"`).
+static JSON: AtomicBool = AtomicBool::new(false);
+
 /// Installs the process's logger; the level comes from `RUST_LOG` (default `info`).
 pub fn init(format: LogFormat) {
+    set_format(format);
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     builder.format(move |buf, record| {
         let ts = buf.timestamp_millis();
         let (level, target) = (level_name(record.level()), record.target());
+        let format = format_now();
         // The access line, one per request, is written as it is: its fields are already quoted.
         if format == LogFormat::Text && target == ACCESS {
             return writeln!(
@@ -39,8 +49,46 @@ pub fn init(format: LogFormat) {
     builder.init();
 }
 
-/// `v` in double quotes, with `"` and `\` escaped and control characters as `\n`, `\r`, `\t` or `\u{..}`:
-/// a line cannot be split or a field forged.
+/// Writes every following line in `format` (a reload that changed `server.log_format`).
+pub fn set_format(format: LogFormat) {
+    JSON.store(format == LogFormat::Json, Relaxed);
+}
+
+/// The format lines are written in now.
+pub fn format_now() -> LogFormat {
+    if JSON.load(Relaxed) {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    }
+}
+
+/// The format's name as the configuration writes it.
+pub fn format_name(format: LogFormat) -> &'static str {
+    match format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    }
+}
+
+/// The `server.log_format` a configuration file asks for, read before the file is validated: a file that
+/// is refused at start-up is reported in the format its owner reads the logs in. Text when the file cannot
+/// be read or parsed.
+pub fn format_in_file(path: &std::path::Path) -> LogFormat {
+    let table = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok());
+    let server = table.as_ref().and_then(|t| t.get("server")?.as_table());
+    let named = server.and_then(|s| s.get("log_format").or_else(|| s.get("access_log")));
+    match named.and_then(|v| v.as_str()) {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
+}
+
+/// `v` in double quotes, with `"` and `\` escaped, `\n`, `\r` and `\t` as such, and every other
+/// character that does not print or that a reader may take for a line break as `\u{..}`: a line cannot
+/// be split, a field forged, or text hidden from the person reading it.
 pub fn quote(line: &mut String, v: &str) {
     line.push('"');
     for c in v.chars() {
@@ -50,7 +98,7 @@ pub fn quote(line: &mut String, v: &str) {
             '\n' => line.push_str("\\n"),
             '\r' => line.push_str("\\r"),
             '\t' => line.push_str("\\t"),
-            c if c.is_control() => {
+            c if !prints(c) => {
                 let _ = write!(line, "\\u{{{:x}}}", c as u32);
             }
             c => line.push(c),
@@ -59,6 +107,24 @@ pub fn quote(line: &mut String, v: &str) {
     line.push('"');
 }
 
+/// Whether `c` shows as itself on one line: not a control character (C0, DEL, C1, U+0085 included), not
+/// a line or paragraph separator (U+2028, U+2029), not an invisible format character (Unicode category
+/// Cf: zero-width characters, bidirectional overrides that reorder what a terminal shows, tag
+/// characters), not a private-use or unassigned noncharacter code point.
+pub fn prints(c: char) -> bool {
+    let u = c as u32;
+    !(c.is_control()
+        || matches!(u,
+            0x2028 | 0x2029
+            // Cf, the format characters.
+            | 0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+            | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+            | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F
+            // Private use, and the noncharacters.
+            | 0xE000..=0xF8FF | 0xF0000..=0x10FFFF | 0xFDD0..=0xFDEF)
+        || u & 0xFFFE == 0xFFFE)
+}
 fn level_name(level: log::Level) -> &'static str {
     match level {
         log::Level::Error => "error",
@@ -101,7 +167,29 @@ fn json(ts: &str, level: log::Level, target: &str, msg: &str) -> String {
             head.push('}');
         }
     }
-    head
+    escape_json(head)
+}
+
+/// `line` (JSON) with every character that does not print escaped as `\uXXXX`. serde_json escapes only
+/// what JSON requires (below U+0020); U+2028 and U+2029 end a line for JavaScript readers, and NEL for
+/// some others. Such characters can only stand inside strings (the rest of a line is ASCII), where the
+/// escape means the same character.
+fn escape_json(line: String) -> String {
+    if line.chars().all(prints) {
+        return line;
+    }
+    let mut out = String::with_capacity(line.len() + 12);
+    for c in line.chars() {
+        if prints(c) {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{u:04x}");
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -115,6 +203,63 @@ mod tests {
             line,
             r#"ts=t level=warn target=x msg="a\nlevel=error \"b\"""#
         );
+    }
+
+    #[test]
+    fn every_character_that_does_not_print_or_breaks_a_line_is_escaped_in_text() {
+        for (raw, escaped) in [
+            ("a\u{2028}b", "a\\u{2028}b"),
+            ("a\u{2029}b", "a\\u{2029}b"),
+            ("a\u{85}b", "a\\u{85}b"),
+            ("a\u{0b}\u{0c}b", "a\\u{b}\\u{c}b"),
+            ("a\u{7f}\u{9b}b", "a\\u{7f}\\u{9b}b"),
+            // A bidirectional override would show the rest of the line reversed.
+            ("a\u{202e}b\u{2066}", "a\\u{202e}b\\u{2066}"),
+            ("zero\u{200b}width\u{feff}", "zero\\u{200b}width\\u{feff}"),
+            ("tag\u{e0041}", "tag\\u{e0041}"),
+            (
+                "\u{fffe}\u{10ffff}\u{e000}",
+                "\\u{fffe}\\u{10ffff}\\u{e000}",
+            ),
+        ] {
+            let mut line = String::new();
+            quote(&mut line, raw);
+            assert_eq!(line, format!("\"{escaped}\""), "{raw:?}");
+        }
+        // What prints stays as it is: accents, other scripts, emoji, the plain space.
+        let mut line = String::new();
+        quote(&mut line, "café 東京 🚀 ü");
+        assert_eq!(line, "\"café 東京 🚀 ü\"");
+    }
+
+    #[test]
+    fn json_lines_escape_what_does_not_print_and_still_parse_to_the_same_text() {
+        let raw = "a\u{2028}b\u{2029}c\u{85}d\u{202e}e\u{e0041}";
+        let line = json("t", log::Level::Info, "x", raw);
+        assert!(line.chars().all(prints), "{line:?}");
+        assert!(
+            line.contains("\\u2028") && line.contains("\\udb40\\udc41"),
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["msg"], raw);
+        let access = json(
+            "t",
+            log::Level::Info,
+            ACCESS,
+            "{\"tenant\":\"OU\u{2028}1\"}",
+        );
+        let v: serde_json::Value = serde_json::from_str(&access).unwrap();
+        assert_eq!(v["tenant"], "OU\u{2028}1");
+        assert!(!access.contains('\u{2028}'), "{access}");
+    }
+
+    #[test]
+    fn the_format_can_change_while_the_process_runs() {
+        set_format(LogFormat::Json);
+        assert_eq!(format_now(), LogFormat::Json);
+        set_format(LogFormat::Text);
+        assert_eq!(format_now(), LogFormat::Text);
     }
 
     #[test]

@@ -12,7 +12,8 @@ mod spool_cli;
 /// free lists make the many small per-request allocations (headers, buffers) cheap.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use pps_sidecar::config::{Config, Method};
+use pps_sidecar::config::{Config, LogFormat, Method};
+use pps_sidecar::logging;
 
 /// Verifies, deduplicates and normalises Pitchpoint webhooks in front of an app.
 #[derive(Parser)]
@@ -36,6 +37,29 @@ enum Command {
     /// The dead-letter spool of deliveries the app refused (`[spool] dir`).
     #[command(subcommand)]
     Spool(SpoolCommand),
+    /// Print Kubernetes YAML with the sidecar added to its workloads and their Services repointed:
+    /// `pps-sidecar inject deploy.yaml | kubectl apply -f -`.
+    Inject(InjectArgs),
+}
+
+#[derive(Args)]
+struct InjectArgs {
+    /// The YAML (Deployments, StatefulSets, DaemonSets, Pods and their Services), or - for standard input.
+    #[arg(default_value = "-")]
+    file: String,
+    /// A plain second container, for clusters before Kubernetes 1.29 (default: a native sidecar).
+    #[arg(long)]
+    legacy: bool,
+    /// The sidecar's webhook port (server.listen in the ConfigMap).
+    #[arg(long, default_value_t = 8080)]
+    webhook_port: u16,
+    /// The sidecar's admin port (server.admin_listen in the ConfigMap).
+    #[arg(long, default_value_t = 9090)]
+    admin_port: u16,
+    /// The app's port, by name or number, when the Services do not tell it (or the annotation
+    /// pps-sidecar.io/app-port on the workload).
+    #[arg(long)]
+    app_port: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -90,11 +114,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
+            // The logger first, in the format the file asks for: with "json", a refused file is one JSON
+            // line too, like every line after it.
+            let format = cli
+                .config
+                .as_deref()
+                .map_or(LogFormat::Text, logging::format_in_file);
+            logging::init(format);
             let config = match load(cli.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            pps_sidecar::logging::init(config.server.log_format);
+            logging::set_format(config.server.log_format);
             pps_sidecar::server::run(config)
         }
         Command::Check => match load(cli.config) {
@@ -108,6 +139,7 @@ fn main() -> ExitCode {
             Ok(c) => spool_cli::run(&c, cmd),
             Err(code) => code,
         },
+        Command::Inject(args) => inject(args),
         Command::Sign(args) => match sign(*args) {
             Ok(out) => {
                 print!("{out}");
@@ -123,13 +155,22 @@ fn main() -> ExitCode {
 
 fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
     let Some(path) = path else {
-        eprintln!("error: no configuration: pass --config PATH or set PPS_SIDECAR_CONFIG");
+        report("no configuration: pass --config PATH or set PPS_SIDECAR_CONFIG");
         return Err(ExitCode::from(2));
     };
     Config::load(&path).map_err(|e| {
-        eprintln!("error: {e}");
+        report(&e.to_string());
         ExitCode::from(1)
     })
+}
+
+/// An error that ends the command: a log line when `run` writes JSON logs, else `error: ...` on stderr.
+fn report(e: &str) {
+    if log::log_enabled!(log::Level::Error) && logging::format_now() == LogFormat::Json {
+        log::error!("{e}");
+    } else {
+        eprintln!("error: {e}");
+    }
 }
 
 fn summary(c: &Config) -> String {
@@ -217,6 +258,45 @@ fn sign(a: SignArgs) -> Result<String, String> {
     }
     cmd.push('\n');
     Ok(cmd)
+}
+
+/// `inject`: the YAML on stdout, notes on stderr; on a refusal, every reason on stderr and nothing on
+/// stdout, so that `| kubectl apply -f -` applies nothing.
+fn inject(a: InjectArgs) -> ExitCode {
+    let input = if a.file == "-" {
+        let mut buf = String::new();
+        std::io::stdin().read_to_string(&mut buf).map(|_| buf)
+    } else {
+        std::fs::read_to_string(&a.file)
+    };
+    let input = match input {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {}", a.file, e.kind());
+            return ExitCode::from(2);
+        }
+    };
+    let opts = pps_sidecar::inject::Options {
+        legacy: a.legacy,
+        webhook_port: a.webhook_port,
+        admin_port: a.admin_port,
+        app_port: a.app_port,
+    };
+    match pps_sidecar::inject::inject(&input, &opts) {
+        Ok(out) => {
+            print!("{}", out.yaml);
+            for n in out.notes {
+                eprintln!("note: {n}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn now_rfc3339() -> String {

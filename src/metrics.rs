@@ -27,6 +27,8 @@ pub struct Metrics {
     request: Histogram,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// 1 while the configuration file in force is the one on disk, 0 while a newer one stands refused.
+    last_reload_ok: AtomicU64,
     jwks_ok: AtomicU64,
     jwks_failed: AtomicU64,
     dedup_errors: AtomicU64,
@@ -69,6 +71,7 @@ impl Metrics {
             request: Histogram::new(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            last_reload_ok: AtomicU64::new(1),
             jwks_ok: AtomicU64::new(0),
             jwks_failed: AtomicU64::new(0),
             dedup_errors: AtomicU64::new(0),
@@ -144,6 +147,14 @@ impl Metrics {
             Result::Failure => &self.reloads_failed,
         }
         .fetch_add(1, Relaxed);
+        self.reload_standing(r);
+    }
+
+    /// The outcome of the last reload attempt, counted or not (a refused file is retried every second
+    /// and counted once): `pps_sidecar_config_last_reload_success` stays 0 while it stands refused.
+    pub fn reload_standing(&self, r: Result) {
+        self.last_reload_ok
+            .store(u64::from(r == Result::Success), Relaxed);
     }
 
     pub fn jwks_refresh(&self, r: Result) {
@@ -371,6 +382,14 @@ impl Metrics {
             ),
             (
                 (
+                    "pps_sidecar_config_last_reload_success",
+                    "gauge",
+                    "1 if the last configuration reload succeeded (or none was tried), 0 while a changed file stands refused and the previous configuration serves.",
+                ),
+                load(&self.last_reload_ok) as i64,
+            ),
+            (
+                (
                     "pps_sidecar_in_flight_requests",
                     "gauge",
                     "Requests being handled now.",
@@ -580,5 +599,29 @@ mod tests {
         assert!(text.contains("pps_sidecar_request_duration_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("pps_sidecar_request_duration_seconds_count 1"));
         assert!(text.contains("pps_sidecar_upstream_duration_seconds_count 2"));
+    }
+
+    #[test]
+    fn the_last_reload_gauge_follows_the_last_attempt_not_the_counters() {
+        let m = Metrics::new();
+        assert!(
+            m.render(0, 0)
+                .contains("\npps_sidecar_config_last_reload_success 1\n")
+        );
+        m.reload(Result::Failure);
+        assert!(
+            m.render(0, 0)
+                .contains("\npps_sidecar_config_last_reload_success 0\n")
+        );
+        // A retry that fails again is not counted, and the gauge stays 0.
+        m.reload_standing(Result::Failure);
+        let text = m.render(0, 0);
+        assert!(text.contains("pps_sidecar_config_reloads_total{result=\"failure\"} 1"));
+        assert!(text.contains("\npps_sidecar_config_last_reload_success 0\n"));
+        m.reload(Result::Success);
+        assert!(
+            m.render(0, 0)
+                .contains("\npps_sidecar_config_last_reload_success 1\n")
+        );
     }
 }

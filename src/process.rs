@@ -7,14 +7,32 @@
 
 use std::fmt::Write as _;
 
-/// Appends the `process_*` series of this process to `out`; writes nothing where `/proc` is unavailable.
+/// Appends the `process_*` series of this process to `out`, and the memory limit of its cgroup (the
+/// container's); writes nothing where `/proc` is unavailable.
 pub fn render(out: &mut String) {
     #[cfg(target_os = "linux")]
-    if let Some(s) = linux::sample() {
-        write_sample(out, &s);
+    {
+        if let Some(s) = linux::sample() {
+            write_sample(out, &s);
+        }
+        if let Some(limit) = linux::memory_limit() {
+            write_limit(out, limit);
+        }
     }
     #[cfg(not(target_os = "linux"))]
     let _ = out;
+}
+
+/// `pps_sidecar_cgroup_memory_limit_bytes`: what the kernel OOM-kills the container at, so that an alert
+/// compares `process_resident_memory_bytes` with the real limit rather than a number copied from the
+/// manifest. `+Inf` when the cgroup has no limit (the ratio is then 0, never a false alarm).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn write_limit(out: &mut String, limit: Option<u64>) {
+    let value = limit.map_or("+Inf".to_string(), |l| l.to_string());
+    let _ = writeln!(
+        out,
+        "# HELP pps_sidecar_cgroup_memory_limit_bytes Memory limit of this process's cgroup (the container's), +Inf when unlimited.\n# TYPE pps_sidecar_cgroup_memory_limit_bytes gauge\npps_sidecar_cgroup_memory_limit_bytes {value}"
+    );
 }
 
 /// One reading of the process's resources.
@@ -124,9 +142,110 @@ fn parse_max_fds(text: &str) -> Option<u64> {
         .ok()
 }
 
+/// Where this process's memory cgroup is: the controller's mount and the cgroup's path under it.
+#[derive(Debug, PartialEq)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+struct CgroupDir {
+    /// cgroup v2 (`memory.max`) or v1 (`memory.limit_in_bytes`).
+    v2: bool,
+    /// The mount point of the hierarchy, as this process sees it.
+    mount: String,
+    /// The cgroup's directories below the mount point, outermost first.
+    below: Vec<String>,
+}
+
+/// Finds the memory cgroup from `/proc/self/cgroup` and `/proc/self/mountinfo`, as the JVM and the Go
+/// runtime do: the cgroup's path is relative to the hierarchy's root, and the mount shows some root of that
+/// hierarchy (`/` inside a container's cgroup namespace, the container's own path in some older setups),
+/// which is stripped from it. A v1 memory controller is preferred, as the kernel enforces that one.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn parse_cgroup(cgroup: &str, mountinfo: &str) -> Option<CgroupDir> {
+    let v1 = cgroup.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then_some(path)
+    });
+    let v2 = cgroup.lines().find_map(|l| l.strip_prefix("0::"));
+    let (is_v2, path) = match (v1, v2) {
+        (Some(p), _) => (false, p),
+        (None, Some(p)) => (true, p),
+        (None, None) => return None,
+    };
+    let mount = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let f: Vec<&str> = left.split(' ').collect();
+        let mut r = right.split(' ');
+        let (fstype, options) = (r.next()?, r.nth(1).unwrap_or(""));
+        let wanted = if is_v2 {
+            fstype == "cgroup2"
+        } else {
+            fstype == "cgroup" && options.split(',').any(|o| o == "memory")
+        };
+        wanted.then(|| (f.get(3).copied(), f.get(4).copied()))
+    })?;
+    let (root, point) = (mount.0?, mount.1?);
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    Some(CgroupDir {
+        v2: is_v2,
+        mount: point.to_string(),
+        below: rel
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+    })
+}
+
+/// A limit file's value: `None` for no limit (`max`, or v1's page-rounded `i64::MAX`).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn parse_limit(text: &str) -> Option<Option<u64>> {
+    let text = text.trim();
+    if text == "max" {
+        return Some(None);
+    }
+    let n: u64 = text.parse().ok()?;
+    Some((n < 1 << 62).then_some(n))
+}
+
 #[cfg(target_os = "linux")]
 mod linux {
     use super::*;
+
+    /// The memory limit in force for this process: the lowest of its cgroup's and its ancestors' (a pod's
+    /// cgroup bounds its containers' too). `Some(None)` when none is set, `None` when it cannot be read.
+    pub(super) fn memory_limit() -> Option<Option<u64>> {
+        let dir = parse_cgroup(
+            &std::fs::read_to_string("/proc/self/cgroup").ok()?,
+            &std::fs::read_to_string("/proc/self/mountinfo").ok()?,
+        )?;
+        let file = if dir.v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        let mut path = std::path::PathBuf::from(&dir.mount);
+        let mut lowest: Option<Option<u64>> = None;
+        // The mount's own level too for v1, where the root has the file; v2's root has none.
+        for part in std::iter::once(None).chain(dir.below.iter().map(Some)) {
+            if let Some(p) = part {
+                path.push(p);
+            }
+            let Some(limit) = std::fs::read_to_string(path.join(file))
+                .ok()
+                .and_then(|t| parse_limit(&t))
+            else {
+                continue;
+            };
+            lowest = Some(match (lowest.flatten(), limit) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            });
+        }
+        lowest
+    }
 
     pub(super) fn sample() -> Option<Sample> {
         let stat = parse_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
@@ -193,6 +312,58 @@ mod tests {
         let unlimited =
             "Max open files            unlimited            unlimited            files\n";
         assert_eq!(parse_max_fds(unlimited), None);
+    }
+
+    #[test]
+    fn the_memory_cgroup_is_found_under_its_mount_in_v1_and_v2() {
+        // A container with a cgroup namespace (v2): the mount shows the container's cgroup as `/`.
+        let v2 = "0::/\n";
+        let mounts = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_cgroup(v2, mounts),
+            Some(CgroupDir {
+                v2: true,
+                mount: "/sys/fs/cgroup".into(),
+                below: vec![],
+            })
+        );
+        // A host process (v2): its cgroup is a path below the hierarchy's root.
+        let host = "0::/kubepods.slice/pod1/cri-abc\n";
+        let dir = parse_cgroup(host, mounts).unwrap();
+        assert_eq!(dir.below, ["kubepods.slice", "pod1", "cri-abc"]);
+        // v1 without a namespace, the mount showing the container's own path as its root: stripped.
+        let v1 = "5:cpu:/docker/abc\n4:memory,hugetlb:/docker/abc\n0::/\n";
+        let mounts = "40 30 0:35 /docker/abc /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n\
+                      41 30 0:36 / /sys/fs/cgroup/cpu ro - cgroup cgroup rw,cpu\n";
+        assert_eq!(
+            parse_cgroup(v1, mounts),
+            Some(CgroupDir {
+                v2: false,
+                mount: "/sys/fs/cgroup/memory".into(),
+                below: vec![],
+            })
+        );
+        assert_eq!(parse_cgroup("1:cpu:/\n", mounts), None);
+    }
+
+    #[test]
+    fn limits_read_as_bytes_and_max_or_v1_unlimited_as_none() {
+        assert_eq!(parse_limit("134217728\n"), Some(Some(134_217_728)));
+        assert_eq!(parse_limit("max\n"), Some(None));
+        assert_eq!(parse_limit("9223372036854771712\n"), Some(None));
+        assert_eq!(parse_limit("lots"), None);
+        let mut out = String::new();
+        write_limit(&mut out, None);
+        assert!(
+            out.ends_with("pps_sidecar_cgroup_memory_limit_bytes +Inf\n"),
+            "{out}"
+        );
+        out.clear();
+        write_limit(&mut out, Some(128 << 20));
+        assert!(
+            out.ends_with("pps_sidecar_cgroup_memory_limit_bytes 134217728\n"),
+            "{out}"
+        );
     }
 
     #[cfg(target_os = "linux")]

@@ -70,6 +70,7 @@ fn manifests_validate_and_route_webhooks_through_the_sidecar() {
         assert!(line.contains("1.29"), "{line}");
     }
     assert!(out.contains("monitoring: ok"), "{out}");
+    assert!(out.contains("examples/policies: ok"), "{out}");
     assert!(out.contains("k8s manifests and Dockerfiles: ok"), "{out}");
 
     // The e2e test below reads the ConfigMap with a few lines of Rust: they agree with a YAML parser.
@@ -153,6 +154,46 @@ fn remap(conf: &mut toml::Table, path: &[&str], pod: &str, here: String) {
     t.insert(last.to_string(), toml::Value::String(here));
 }
 
+/// The pod's configuration, the ConfigMap's `sidecar.toml`, mapped to loopback as k8s/README.md describes:
+/// the sidecar's 0.0.0.0:8080 and 0.0.0.0:9090 and the app's 127.0.0.1:3000 become the given addresses,
+/// the Secret mounted at /etc/pps-sidecar/secrets/hmac becomes `dir/secrets/hmac` (holding the test
+/// secret, as `kubectl create secret generic pps-webhook-secret --from-literal=hmac=...` stores it), the
+/// spool's emptyDir a folder in `dir`. Nothing else changes. Returns the file written.
+pub(crate) fn pod_config(
+    dir: &std::path::Path,
+    listen: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    app: std::net::SocketAddr,
+) -> std::path::PathBuf {
+    let secret_file = dir.join("secrets").join("hmac");
+    std::fs::create_dir_all(secret_file.parent().unwrap()).unwrap();
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let mut conf: toml::Table = configmap_toml().parse().expect("the ConfigMap's TOML");
+    for (path, pod, here) in [
+        (&["server", "listen"], "0.0.0.0:8080", listen),
+        (&["server", "admin_listen"], "0.0.0.0:9090", admin),
+        (&["upstream", "address"], "127.0.0.1:3000", app),
+    ] {
+        remap(&mut conf, path, pod, here.to_string());
+    }
+    let secrets = conf["auth"]["hmac"]["secrets"].as_array_mut().unwrap();
+    assert_eq!(secrets.len(), 1, "{secrets:?}");
+    let secret = secrets[0].as_table_mut().unwrap();
+    assert_eq!(secret.len(), 1, "{secret:?}");
+    let file = secret_file.to_str().unwrap().to_string();
+    remap(secret, &["file"], "/etc/pps-sidecar/secrets/hmac", file);
+    let spool = dir.join("spool").to_str().unwrap().to_string();
+    remap(
+        &mut conf,
+        &["spool", "dir"],
+        "/var/spool/pps-sidecar",
+        spool,
+    );
+    let config = dir.join("sidecar.toml");
+    std::fs::write(&config, toml::to_string(&conf).unwrap()).unwrap();
+    config
+}
+
 #[tokio::test]
 async fn pod_config_from_the_configmap_processes_signed_forged_and_duplicate_deliveries() {
     let dir = tempfile::tempdir().unwrap();
@@ -162,49 +203,7 @@ async fn pod_config_from_the_configmap_processes_signed_forged_and_duplicate_del
     // /etc/pps-sidecar/secrets/hmac becomes a file in a temporary folder, the spool a folder in it.
     // Nothing else changes.
     let [listen, admin, app] = free_addrs();
-    let secret_file = dir.path().join("secrets").join("hmac");
-    std::fs::create_dir_all(secret_file.parent().unwrap()).unwrap();
-    // As `kubectl create secret generic pps-webhook-secret --from-literal=hmac=...` stores it.
-    std::fs::write(&secret_file, SECRET).unwrap();
-
-    let mut conf: toml::Table = configmap_toml().parse().expect("the ConfigMap's TOML");
-    remap(
-        &mut conf,
-        &["server", "listen"],
-        "0.0.0.0:8080",
-        listen.to_string(),
-    );
-    remap(
-        &mut conf,
-        &["server", "admin_listen"],
-        "0.0.0.0:9090",
-        admin.to_string(),
-    );
-    remap(
-        &mut conf,
-        &["upstream", "address"],
-        "127.0.0.1:3000",
-        app.to_string(),
-    );
-    let secrets = conf["auth"]["hmac"]["secrets"].as_array_mut().unwrap();
-    assert_eq!(secrets.len(), 1, "{secrets:?}");
-    let secret = secrets[0].as_table_mut().unwrap();
-    assert_eq!(secret.len(), 1, "{secret:?}");
-    remap(
-        secret,
-        &["file"],
-        "/etc/pps-sidecar/secrets/hmac",
-        secret_file.to_str().unwrap().to_string(),
-    );
-    // The spool's emptyDir at /var/spool/pps-sidecar becomes a folder in the temporary one.
-    remap(
-        &mut conf,
-        &["spool", "dir"],
-        "/var/spool/pps-sidecar",
-        dir.path().join("spool").to_str().unwrap().to_string(),
-    );
-    let config = dir.path().join("sidecar.toml");
-    std::fs::write(&config, toml::to_string(&conf).unwrap()).unwrap();
+    let config = pod_config(dir.path(), listen, admin, app);
 
     let (code, out, err) = run_cli(&["check", "--config", config.to_str().unwrap()], &[]);
     assert_eq!(

@@ -4,14 +4,17 @@
 mod common;
 
 mod boundary;
+mod app_probes;
 mod chaos;
 mod cli;
 mod dedup;
 mod delivery;
 mod hostile;
+mod inject;
 mod jwt;
 mod k8s;
 mod limits;
+mod logs;
 #[cfg(target_os = "linux")]
 mod monitoring;
 mod operations;
@@ -19,4 +22,5 @@ mod redis;
 mod redis_faults;
 mod retry;
 mod secrets;
+mod runbooks;
 mod spool;

@@ -10,6 +10,8 @@ use crate::common::*;
 
 /// Labels that Prometheus adds to a target (the PodMonitor's), not the sidecar.
 const TARGET_LABELS: &[&str] = &["namespace", "pod", "container", "expect_deliveries"];
+/// Series Prometheus writes itself for each target: not on `/metrics`.
+const PROMETHEUS_SERIES: &[&str] = &["up"];
 
 /// Every PromQL expression of k8s/monitoring, with where it comes from (`k8s/check.py --print-queries`).
 fn queries() -> Vec<(String, String)> {
@@ -216,6 +218,9 @@ async fn every_alert_and_dashboard_query_names_series_that_metrics_exposes() {
         assert!(!found.is_empty(), "{source}: names no series: {expr}");
         for u in found {
             used.insert(u.name.clone());
+            if PROMETHEUS_SERIES.contains(&u.name.as_str()) {
+                continue;
+            }
             if !names.contains(&u.name) {
                 missing.insert(format!("{source}: {}", u.name));
                 continue;
@@ -249,10 +254,33 @@ async fn every_alert_and_dashboard_query_names_series_that_metrics_exposes() {
         "process_resident_memory_bytes",
         "process_start_time_seconds",
         "pps_sidecar_buffered_bytes",
+        // What issue 22 added: the memory limit, the refused config, the spool, connections, the target.
+        "pps_sidecar_cgroup_memory_limit_bytes",
+        "pps_sidecar_config_last_reload_success",
+        "pps_sidecar_spool_entries",
+        "pps_sidecar_spool_dropped_total",
+        "pps_sidecar_spool_write_failures_total",
+        "pps_sidecar_open_connections",
+        "pps_sidecar_connections_closed_total",
+        "up",
     ] {
         assert!(used.contains(name), "k8s/monitoring never queries {name}");
     }
-    assert!(queries.len() >= 15, "{queries:?}");
+    // The exact label values the new alerts match are on /metrics (checked above through the scan):
+    // name them here so that a rewrite of an alert cannot drop them unnoticed.
+    let all = queries
+        .iter()
+        .map(|(_, e)| e.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for matcher in [
+        r#"outcome=~"overloaded|unavailable""#,
+        r#"reason="too_many_connections""#,
+        r#"reason!="superseded""#,
+    ] {
+        assert!(all.contains(matcher), "no query matches {matcher}");
+    }
+    assert!(queries.len() >= 30, "{queries:?}");
 }
 
 #[tokio::test]
@@ -275,4 +303,105 @@ async fn metrics_expose_the_standard_process_series() {
     let rss = metric(&scrape, "process_resident_memory_bytes");
     assert!(rss > 1e6, "{rss}");
     assert!(rss < metric(&scrape, "process_virtual_memory_bytes"));
+}
+
+/// The memory cgroup directory this test process is in (v1's memory controller, else v2), as the kernel
+/// names it in /proc/self/cgroup, under the usual mount points.
+fn own_memory_cgroup() -> Option<(std::path::PathBuf, &'static str)> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    for l in cgroup.lines() {
+        let mut f = l.splitn(3, ':');
+        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+        let path = path.trim_start_matches('/');
+        if controllers.split(',').any(|c| c == "memory") {
+            let dir = std::path::Path::new("/sys/fs/cgroup/memory").join(path);
+            return dir.is_dir().then_some((dir, "memory.limit_in_bytes"));
+        }
+        if controllers.is_empty()
+            && std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        {
+            return Some((
+                std::path::Path::new("/sys/fs/cgroup").join(path),
+                "memory.max",
+            ));
+        }
+    }
+    None
+}
+
+/// A memory cgroup of its own with a limit, removed when dropped.
+struct LimitedCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl Drop for LimitedCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn the_memory_limit_on_metrics_is_the_one_the_kernel_enforces_on_the_process() {
+    // The sidecar started in a memory cgroup of its own, limited to 200 MiB, as the kubelet starts a
+    // container: /metrics shows that limit, which the memory alert divides by.
+    let (parent, file) = own_memory_cgroup().expect(
+        "no memory cgroup: the sidecar's cgroup_memory_limit series cannot be checked here",
+    );
+    let dir = parent.join(format!("pps-sidecar-test-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap_or_else(|e| {
+        panic!(
+            "cannot create {} ({e}): run the tests as root",
+            dir.display()
+        )
+    });
+    let cgroup = LimitedCgroup { dir };
+    let limit: u64 = 200 << 20;
+    std::fs::write(cgroup.dir.join(file), limit.to_string()).unwrap();
+
+    let app = TestApp::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let [listen, admin] = free_addrs();
+    let config = tmp.path().join("sidecar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n\n[upstream]\naddress = \"{}\"\n\n[auth.hmac]\nsecrets = [{{ value = \"{SECRET}\" }}]\n",
+            app.addr
+        ),
+    )
+    .unwrap();
+    // Into the cgroup first, then the binary: everything it allocates is under the limit.
+    let procs = cgroup.dir.join("cgroup.procs");
+    let sidecar = Proc::spawn(
+        "pps-sidecar",
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$1" && exec "$2" run --config "$3""#)
+            .args([
+                "sh",
+                procs.to_str().unwrap(),
+                binary(),
+                config.to_str().unwrap(),
+            ]),
+        tmp.path(),
+    );
+    let scrape = poll("the sidecar serves /metrics", || async {
+        sidecar.assert_running();
+        get(admin, "/metrics")
+            .await
+            .filter(|r| r.status == 200)
+            .map(|r| r.text())
+    })
+    .await;
+    assert_eq!(
+        metric(&scrape, "pps_sidecar_cgroup_memory_limit_bytes"),
+        limit as f64,
+        "{scrape}"
+    );
+    drop(sidecar);
+    // The process is gone: the cgroup can go (`LimitedCgroup` removes it).
+    poll("the cgroup empties", || async {
+        std::fs::read_to_string(&procs).map_or(Some(()), |p| p.trim().is_empty().then_some(()))
+    })
+    .await;
 }
