@@ -9,6 +9,7 @@ Where to look:
   memory.py         RSS per remembered id; hmac_rate.py: HMAC-SHA256 against openssl
   report.py         the table, the targets, the breakdown
   run.py            the order of the phases; settings.py: the environment variables
+  frame.py          what bench/run and bench/profile share: settings, installs, builds, errors, cleanup
   profile.py        bench/profile: the sidecar row under perf or callgrind, grouped by components.py
   context.py, host.py, build.py   the temporary directory and processes, /proc and apt-get, cargo
 """

@@ -18,6 +18,16 @@ class Built:
     pingora_version: str
 
 
+def binaries(s, root: str, example_names: List[str], with_hmac_rate: bool) -> Built:
+    """The sidecar, the examples named, and bench/hmac-rate if asked."""
+    target = target_dir(root)
+    binary, commit = sidecar(root, target, s.sidecar_bin, s.bench_rev)
+    given = {"plain_proxy": s.plain_proxy_bin, "pingora_serve": s.serve_bin, "pingora_client": s.client_bin}
+    built = examples(root, target, {name: given[name] for name in example_names})
+    rate = hmac_rate(root, target) if with_hmac_rate else ""
+    return Built(binary, commit, built, rate, pingora_version(root))
+
+
 def target_dir(root: str) -> str:
     """cargo's target directory for this workspace (CARGO_TARGET_DIR when set)."""
     out = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps", "--manifest-path",

@@ -16,48 +16,28 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from typing import Dict, List, Tuple
 
-from . import components, settings
-from .build import Built, pingora_version, target_dir
-from .build import examples as build_examples
-from .build import sidecar as build_sidecar
+from . import components, frame
 from .context import Bench, port_open
 from .host import BenchError, apt_install, cpu_ticks, log, missing, per_request, wait_quiet
 from .peers import BY_KEY, nginx
 from .rows import connections, select
-from .wrk import Wrk
-
-EXAMPLES = {"plain_proxy": "PLAIN_PROXY_BIN", "pingora_serve": "SERVE_BIN", "pingora_client": "CLIENT_BIN"}
 
 
 def main(root: str) -> int:
-    bench = None
-    failed = True
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
-    try:
-        s = settings.load()
-        rows = select([os.environ.get("PROFILE_ROW", "C")])
-        if len(rows) != 1 or rows[0].peer not in ("sidecar", "plain", "serve", "client"):
-            raise BenchError("PROFILE_ROW must name one row of a Rust peer (C, D, B-pingora, B-serve, B-client...)")
-        row = rows[0]
-        install(s)
-        bench = Bench(s, root)
-        bench.built = build(s, root, BY_KEY[row.peer].example)
-        bench.wrk = Wrk(bench)
-        sys.stdout.write(profile(bench, row))
-        failed = False
-        return 0
-    except BenchError as e:
-        print(f"\n[bench] FAILED: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if bench is not None:
-            bench.cleanup(failed)
+    return frame.run(root, plan)
+
+
+def plan(s):
+    rows = select([os.environ.get("PROFILE_ROW", "C")])
+    if len(rows) != 1 or rows[0].peer not in ("sidecar", "plain", "serve", "client"):
+        raise BenchError("PROFILE_ROW must name one row of a Rust peer (C, D, B-pingora, B-serve, B-client...)")
+    row = rows[0]
+    install(s)
+    example = BY_KEY[row.peer].example
+    return ([example] if example else []), False, lambda bench: profile(bench, row)
 
 
 def install(s) -> None:
@@ -65,13 +45,6 @@ def install(s) -> None:
     need += missing({"perf": "linux-perf"} if s.profiler == "perf" else
                     {"valgrind": "valgrind", "callgrind_control": "valgrind"})
     apt_install(sorted(set(need)))
-
-
-def build(s, root: str, example):
-    target = target_dir(root)
-    sidecar, commit = build_sidecar(root, target, s.sidecar_bin, s.bench_rev)
-    examples = build_examples(root, target, {example: os.environ.get(EXAMPLES[example], "")}) if example else {}
-    return Built(sidecar, commit, examples, "", pingora_version(root))
 
 
 def profile(bench: Bench, row) -> str:

@@ -5,44 +5,28 @@ standard output."""
 import os
 import platform
 import shutil
-import signal
 import subprocess
-import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
-from . import build, hmac_rate, memory, peers, report, settings, syscalls
+from . import frame, hmac_rate, memory, peers, report, syscalls
 from .context import Bench, port_open
 from .host import NPROC, BenchError, apt_install, log, missing, rss_kb, wait_quiet
 from .measure import Measurer
 from .peers import nginx
 from .rows import Row, select
-from .wrk import Wrk
 
 
 def main(root: str) -> int:
-    bench: Optional[Bench] = None
-    failed = True
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
-    try:
-        s = settings.load()
-        rows = select(s.rows)
-        needed = needed_peers(rows, s)
-        install(s, needed, root)
-        bench = Bench(s, root)
-        bench.built = build_all(s, root, needed)
-        bench.wrk = Wrk(bench)
-        sys.stdout.write(measure(bench, rows, needed))
-        failed = False
-        return 0
-    except BenchError as e:
-        print(f"\n[bench] FAILED: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if bench is not None:
-            bench.cleanup(failed)
+    return frame.run(root, plan)
+
+
+def plan(s):
+    rows = select(s.rows)
+    needed = needed_peers(rows, s)
+    install(s, needed)
+    examples = [p.example for p in peers.ALL if p.key in needed and p.example]
+    return examples, s.hmac_rate, lambda bench: measure(bench, rows, needed)
 
 
 def needed_peers(rows: List[Row], s) -> List[str]:
@@ -52,26 +36,13 @@ def needed_peers(rows: List[Row], s) -> List[str]:
     return [p.key for p in peers.ALL if p.key in keys]
 
 
-def install(s, needed: List[str], root: str) -> None:
+def install(s, needed: List[str]) -> None:
     need = missing({"wrk": "wrk", "openssl": "openssl"})
     if shutil.which("nginx") is None and not os.access("/usr/sbin/nginx", os.X_OK):
         need += nginx.packages()
     if "njs" in needed and not s.njs_module and not os.path.exists("/usr/lib/nginx/modules/ngx_http_js_module.so"):
         need.append("libnginx-mod-http-js")
     apt_install(need)
-    deps = os.path.join(root, ".ci", "deps")
-    if os.access(deps, os.X_OK):
-        subprocess.run([deps, "build"], check=True)
-
-
-def build_all(s, root: str, needed: List[str]) -> build.Built:
-    target = build.target_dir(root)
-    sidecar, commit = build.sidecar(root, target, s.sidecar_bin, s.bench_rev)
-    given = {"plain_proxy": s.plain_proxy_bin, "pingora_serve": s.serve_bin, "pingora_client": s.client_bin}
-    wanted = {p.example: given[p.example] for p in peers.ALL if p.key in needed and p.example}
-    examples = build.examples(root, target, wanted)
-    rate = build.hmac_rate(root, target) if s.hmac_rate else ""
-    return build.Built(sidecar, commit, examples, rate, build.pingora_version(root))
 
 
 def measure(bench: Bench, rows: List[Row], needed: List[str]) -> str:
