@@ -150,7 +150,7 @@ fn main() -> ExitCode {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let forward = Forward {
-        app: App::new(&cfg.upstream, cfg.upstream.deadlines()),
+        app: App::new(&cfg.upstream, cfg.deadlines()),
         max_body_bytes: cfg.webhooks.max_body_bytes,
     };
     let mut service = Service::new("pingora_client".to_string(), HttpServer::new_app(forward));
