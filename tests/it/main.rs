@@ -3,8 +3,8 @@
 
 mod common;
 
-mod boundary;
 mod app_probes;
+mod boundary;
 mod chaos;
 mod cli;
 mod dedup;
@@ -21,6 +21,6 @@ mod operations;
 mod redis;
 mod redis_faults;
 mod retry;
-mod secrets;
 mod runbooks;
+mod secrets;
 mod spool;
