@@ -5,21 +5,19 @@
 //! [`upstream`]. The configuration is [`config`]; the state in force, swapped on reload, is [`state`].
 
 pub mod admin;
-pub mod admin_probe;
 pub mod auth;
 pub mod config;
 pub mod dedup;
 pub mod delivery;
 pub mod headers;
 pub mod inject;
-pub mod lifecycle;
 pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod outcome;
-pub mod process;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod spool;

@@ -1,5 +1,5 @@
-//! How a request ended, and why an authentication failed: shared by the proxy, the metrics and the logs,
-//! so that none of them imports another.
+//! How a request ended, and the other fixed label sets of the metrics: shared by the proxy, the metrics
+//! and the logs, so that none of them imports another. (Why an authentication failed is `crate::auth`'s.)
 //!
 //! Each enum's list of values and labels is derived from its one definition by `labelled!`: a new variant
 //! is counted, rendered and logged without a second list to keep in step.
@@ -29,6 +29,7 @@ macro_rules! labelled {
         }
     };
 }
+pub(crate) use labelled;
 
 labelled! {
     /// How a request ended, for the access log and `pps_sidecar_requests_total{outcome}`.
@@ -64,37 +65,6 @@ labelled! {
 }
 
 labelled! {
-    /// Why a delivery was refused. Logged and counted; never sent to the client. Whether it is answered
-    /// `403` or `503` is decided by `is_proof` alone; `crate::auth` says why each `403` is proof.
-    pub enum Failure {
-        MissingCredentials => "missing_credentials",
-        AmbiguousCredentials => "ambiguous_credentials",
-        MalformedSignature => "malformed_signature",
-        BadSignature => "bad_signature",
-        /// Not a proof: every configured HMAC secret is past its `not_after`. A configuration problem.
-        NoValidSecret => "no_valid_secret",
-        MalformedToken => "malformed_token",
-        UntrustedIssuer => "untrusted_issuer",
-        WrongAudience => "wrong_audience",
-        Expired => "expired",
-        NotYetValid => "not_yet_valid",
-        MissingClaim => "missing_claim",
-        DisallowedAlgorithm => "disallowed_algorithm",
-        /// The token has no `kid`, or a key set fetched after the token arrived does not hold it.
-        UnknownKey => "unknown_key",
-        /// Not a proof: the `kid` is not in the keys held, and no key set fetched since the token arrived
-        /// could be had (the refetch is rate-limited, or it failed).
-        UnknownKeyUnchecked => "unknown_key_unchecked",
-        /// Not a proof of forgery: the keys to check the token against are not there.
-        KeysNotLoaded => "keys_not_loaded",
-        SubjectNotAllowed => "subject_not_allowed",
-        EmailNotAllowed => "email_not_allowed",
-        /// A signed body the app already acknowledged under another webhook id (`auth.hmac.replay_guard`).
-        ReplayedBody => "replayed_body",
-    }
-}
-
-labelled! {
     /// Why the spool removed an entry nobody replayed, for `pps_sidecar_spool_dropped_total{reason}`.
     pub enum SpoolDropped {
         /// The oldest, to stay within `spool.max_bytes`.
@@ -125,50 +95,5 @@ labelled! {
         /// Older than `dedup.ttl_seconds`: whether the app acknowledged it since can no longer be known,
         /// so it is not sent; the entry stays for an operator to look at (`spool show`).
         Expired => "expired",
-    }
-}
-
-impl Failure {
-    /// Whether this failure proves the delivery is not an authentic Pitchpoint event (`403`, which
-    /// Pitchpoint never retries), rather than that the sidecar could not decide (`503` + `Retry-After`,
-    /// so that Pitchpoint retries). Every variant is named: a new one must be placed on a side.
-    pub fn is_proof(self) -> bool {
-        match self {
-            Failure::NoValidSecret | Failure::UnknownKeyUnchecked | Failure::KeysNotLoaded => false,
-            Failure::MissingCredentials
-            | Failure::AmbiguousCredentials
-            | Failure::MalformedSignature
-            | Failure::BadSignature
-            | Failure::MalformedToken
-            | Failure::UntrustedIssuer
-            | Failure::WrongAudience
-            | Failure::Expired
-            | Failure::NotYetValid
-            | Failure::MissingClaim
-            | Failure::DisallowedAlgorithm
-            | Failure::UnknownKey
-            | Failure::SubjectNotAllowed
-            | Failure::EmailNotAllowed
-            | Failure::ReplayedBody => true,
-        }
-    }
-
-    pub fn reason(self) -> &'static str {
-        self.label()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_variant_is_listed_once_at_its_own_index() {
-        for (i, o) in Outcome::ALL.iter().enumerate() {
-            assert_eq!(o.index(), i);
-        }
-        for (i, f) in Failure::ALL.iter().enumerate() {
-            assert_eq!(f.index(), i);
-        }
     }
 }

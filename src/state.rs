@@ -20,7 +20,7 @@ pub struct Live {
     pub jwt: Option<Arc<JwtVerifier>>,
 }
 
-/// State shared by the proxy, admin and lifecycle services.
+/// State shared by the proxy, admin, reload and refresh services.
 pub struct Shared {
     live: RwLock<Arc<Live>>,
     pub dedup: Dedup,

@@ -34,6 +34,7 @@
 //! one that could not be decided makes the answer `503` (`combine`). Outside this module, `403` is also
 //! the answer of the `[filters]` allow-lists (outcome `filtered`) and the app's own `403`, relayed.
 
+mod failure;
 pub mod hmac;
 pub mod jwt;
 pub mod series;
@@ -44,7 +45,7 @@ use std::time::Duration;
 use pingora::http::RequestHeader;
 
 use crate::config::{AuthConfig, Method};
-pub use crate::outcome::Failure;
+pub use failure::Failure;
 
 /// How long a `503` from authentication asks the sender to wait (`Retry-After`). The unknown-`kid`
 /// refetch window is no longer (checked at compile time in `jwt`), so that a sender honouring it finds on

@@ -11,9 +11,18 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 
-use super::{hmac, jwt::JwtVerifier};
+use super::{Failure, hmac, jwt::JwtVerifier};
 use crate::config::{AuthConfig, Method};
 use crate::metrics::header;
+
+/// Deliveries whose authentication failed, by reason (in shadow mode too).
+static FAILURES: [AtomicU64; Failure::ALL.len()] =
+    [const { AtomicU64::new(0) }; Failure::ALL.len()];
+
+/// Counts a delivery whose authentication failed with `f`.
+pub fn failure(f: Failure) {
+    FAILURES[f.index()].fetch_add(1, Relaxed);
+}
 
 /// Deliveries verified, by the name of the secret that verified them. Kept across reloads by name, so
 /// that a rotation's reloads do not reset the counts it is watched by.
@@ -41,6 +50,22 @@ pub fn hmac_verified(name: &Arc<str>) {
 /// there, at least its `# TYPE` line, whatever the methods, so that an alert always names a series that
 /// exists.
 pub fn render(w: &mut String, cfg: &AuthConfig, jwt: Option<&JwtVerifier>, now: i64) {
+    header(
+        w,
+        (
+            "pps_sidecar_auth_failures_total",
+            "counter",
+            "Deliveries whose authentication failed, by reason (in shadow mode too).",
+        ),
+    );
+    for f in Failure::ALL {
+        let n = FAILURES[f.index()].load(Relaxed);
+        let _ = writeln!(
+            w,
+            "pps_sidecar_auth_failures_total{{reason=\"{}\"}} {n}",
+            f.label()
+        );
+    }
     let hmac_on = cfg.methods.contains(&Method::Hmac);
     header(
         w,

@@ -1,14 +1,14 @@
 //! The app's own probes: the kubelet sends them to the pod's IP, which an app on loopback does not listen
 //! on. Each HTTP or TCP probe of the app's container is rewritten to the sidecar's
 //! `/app-probe/<container>/<kind>` on the admin port, and recorded in the sidecar's environment
-//! (`PPS_SIDECAR_APP_PROBES`, read by `admin_probe`), as Istio does. Exec probes run in the container and
+//! (`PPS_SIDECAR_APP_PROBES`, read by `admin::probe`), as Istio does. Exec probes run in the container and
 //! stay; a probe with a `host` of its own goes elsewhere and stays.
 
 use serde_json::{Value, json};
 
 use super::workload::ports;
 use super::yaml::Node;
-use crate::admin_probe::PREFIX;
+use crate::admin::probe::PREFIX;
 
 const FIELDS: [(&str, &str); 3] = [
     ("livenessProbe", "liveness"),

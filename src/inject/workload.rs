@@ -288,7 +288,7 @@ pub fn apply(docs: &mut [Doc<'_>], w: &Workload, plan: &Plan, template: &Templat
     let container = if plan.probes.is_empty() {
         template.container.clone()
     } else {
-        template.container_with_env(crate::admin_probe::ENV, &probes::record(&plan.probes))
+        template.container_with_env(crate::admin::probe::ENV, &probes::record(&plan.probes))
     };
     let spec = pod.entry_map("spec").expect("a pod spec is a map");
     probes::apply(spec, &plan.probes);

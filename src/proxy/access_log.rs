@@ -44,7 +44,7 @@ pub fn write(
         ("total_ms", Field::Millis(Some(started.elapsed()))),
         (
             "auth_failure",
-            Field::Word(ended.failure.map(|f| f.reason())),
+            Field::Word(ended.failure.map(|f| f.label())),
         ),
         ("request_id", Field::Text(Some(request_id))),
     ];

@@ -16,7 +16,6 @@ use crate::config::{Config, FiltersConfig};
 use crate::dedup::{BodyDigest, Claim, ClaimGuard};
 use crate::delivery::{self, Delivery};
 use crate::headers;
-use crate::metrics::METRICS;
 use crate::outcome::Outcome;
 use crate::route::Target;
 
@@ -104,7 +103,7 @@ async fn authenticate(
     match auth::authenticate(auth, rq.live.jwt.as_deref(), rq.req(), body).await {
         Ok(v) => Ok((Some(v), None)),
         Err(failure) => {
-            METRICS.auth_failure(failure);
+            auth::series::failure(failure);
             if !auth.enforce {
                 Ok((None, Some(failure)))
             } else if failure.is_proof() {
@@ -172,7 +171,7 @@ async fn claim(
             "same delivery in progress\n",
         )),
         Claim::ReplayedBody => {
-            METRICS.auth_failure(Failure::ReplayedBody);
+            auth::series::failure(Failure::ReplayedBody);
             Err(Reply::new(403, Outcome::Unauthorized, "forbidden\n")
                 .failure(Failure::ReplayedBody))
         }

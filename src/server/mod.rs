@@ -12,12 +12,13 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::{self, Admin};
+use crate::auth::jwt;
 use crate::config::Config;
 use crate::dedup::Dedup;
-use crate::lifecycle::{JwksRefresher, Reloader};
 use crate::limits::ConnectionLimits;
 use crate::listener::Listener;
 use crate::proxy::Webhooks;
+use crate::reload::Reloader;
 use crate::state::Shared;
 
 /// Runs until SIGTERM/SIGINT; never returns. Exits 1 at once when a listener cannot be bound: Pingora
@@ -68,7 +69,9 @@ pub fn run(config: Config) -> ! {
         shared: shared.clone(),
         delay: shared.live().config.server.shutdown_delay,
     };
-    let jwks = JwksRefresher { shared };
+    let jwks = jwt::Refresher {
+        current: Box::new(move || shared.live().jwt.clone()),
+    };
 
     server.add_service(webhooks);
     server.add_service(admin);

@@ -329,7 +329,7 @@ fn a_real_world_manifest_gets_the_sidecar_and_keeps_everything_else() {
         .unwrap()["value"]
         .as_str()
         .unwrap();
-    let probes = pps_sidecar::admin_probe::parse(record).unwrap();
+    let probes = pps_sidecar::admin::probe::parse(record).unwrap();
     let live = probes["/app-probe/app/liveness"].http_get.as_ref().unwrap();
     assert_eq!((live.path.as_str(), live.port), ("/live", 3000));
     assert_eq!(live.http_headers[0].value, "orders.internal");

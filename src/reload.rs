@@ -1,4 +1,4 @@
-//! Reload on SIGHUP or when a watched file changes; drain on SIGTERM.
+//! Reload on SIGHUP or when a watched file changes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,29 +129,6 @@ fn restart_needed(old: &Config, new: &Config, startup: Deadlines) -> Vec<&'stati
     }
     out.extend(old.dedup.restart_needed(&new.dedup));
     out
-}
-
-/// Keeps every issuer's JWKS loaded and fresh: fetched at start-up (retried with backoff until it
-/// succeeds) and every `auth.jwt.jwks_refresh_seconds` after that.
-pub struct JwksRefresher {
-    pub shared: Arc<Shared>,
-}
-
-#[async_trait]
-impl BackgroundService for JwksRefresher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    if let Some(jwt) = self.shared.live().jwt.clone() {
-                        jwt.refresh_due().await;
-                    }
-                }
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, `POST /spool/replay` from loopback only, and the
-//! app's own probes (`/app-probe/...`, `admin_probe`).
+//! app's own probes (`/app-probe/...`, `admin::probe`).
 //! Never the webhook path, never on the webhook port.
 //!
 //! It is reachable by any pod in the cluster (probes and scrapes come from outside the pod), so it has
 //! bounds of its own, smaller than the webhook listener's ([`LIMITS`]): 150 connections each sending a
 //! 1 MiB head without its end once grew the process by 200 MiB through this port.
+
+pub mod probe;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -75,8 +77,8 @@ impl Admin {
                 text(if ready { 200 } else { 503 }, detail)
             }
             "/spool/replay" => self.replay(session).await,
-            p if p.starts_with(crate::admin_probe::PREFIX) => {
-                crate::admin_probe::serve(&session.req_header().method, p).await
+            p if p.starts_with(crate::admin::probe::PREFIX) => {
+                crate::admin::probe::serve(&session.req_header().method, p).await
             }
             "/metrics" => {
                 self.count_spool().await;

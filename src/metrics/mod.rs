@@ -3,11 +3,13 @@
 //! Every label value is known in advance (outcomes, failure reasons), so plain atomics indexed by enum do
 //! the job of a metrics library without hashing label sets on the delivery path.
 
+mod proc;
+
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::outcome::{Closed, Failure, Outcome, Replayed, SpoolDropped};
+use crate::outcome::{Closed, Outcome, Replayed, SpoolDropped, labelled};
 
 /// Upper bounds of the latency histograms, in seconds. They reach past `upstream.read_timeout_ms` (30 s
 /// by default), so that an app answering just before its timeout lands in a bucket of its own instead of
@@ -21,20 +23,16 @@ pub static METRICS: Metrics = Metrics::new();
 
 pub struct Metrics {
     requests: [AtomicU64; Outcome::ALL.len()],
-    auth_failures: [AtomicU64; Failure::ALL.len()],
     app_responses: [AtomicU64; 5],
     upstream: Histogram,
     request: Histogram,
-    reloads_ok: AtomicU64,
-    reloads_failed: AtomicU64,
+    reloads: [AtomicU64; Result::ALL.len()],
     /// 1 while the configuration file in force is the one on disk, 0 while a newer one stands refused.
     last_reload_ok: AtomicU64,
-    jwks_ok: AtomicU64,
-    jwks_failed: AtomicU64,
+    jwks: [AtomicU64; Result::ALL.len()],
     dedup_errors: AtomicU64,
     dedup_body_mismatches: AtomicU64,
-    replays_ok: AtomicU64,
-    replays_failed: AtomicU64,
+    replays: [AtomicU64; Result::ALL.len()],
     commits_dropped: AtomicU64,
     commits_pending: AtomicI64,
     in_flight: AtomicI64,
@@ -54,30 +52,27 @@ struct SpoolMetrics {
     replayed: [AtomicU64; Replayed::ALL.len()],
 }
 
-/// The result label of reloads and JWKS refreshes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Result {
-    Success,
-    Failure,
+labelled! {
+    /// The result label of reloads, JWKS refreshes and commit replays.
+    pub enum Result {
+        Success => "success",
+        Failure => "failure",
+    }
 }
 
 impl Metrics {
     pub const fn new() -> Self {
         Self {
             requests: [const { AtomicU64::new(0) }; Outcome::ALL.len()],
-            auth_failures: [const { AtomicU64::new(0) }; Failure::ALL.len()],
             app_responses: [const { AtomicU64::new(0) }; 5],
             upstream: Histogram::new(),
             request: Histogram::new(),
-            reloads_ok: AtomicU64::new(0),
-            reloads_failed: AtomicU64::new(0),
+            reloads: [const { AtomicU64::new(0) }; Result::ALL.len()],
             last_reload_ok: AtomicU64::new(1),
-            jwks_ok: AtomicU64::new(0),
-            jwks_failed: AtomicU64::new(0),
+            jwks: [const { AtomicU64::new(0) }; Result::ALL.len()],
             dedup_errors: AtomicU64::new(0),
             dedup_body_mismatches: AtomicU64::new(0),
-            replays_ok: AtomicU64::new(0),
-            replays_failed: AtomicU64::new(0),
+            replays: [const { AtomicU64::new(0) }; Result::ALL.len()],
             commits_dropped: AtomicU64::new(0),
             commits_pending: AtomicI64::new(0),
             in_flight: AtomicI64::new(0),
@@ -120,10 +115,6 @@ impl Metrics {
         self.requests[outcome.index()].fetch_add(1, Relaxed);
     }
 
-    pub fn auth_failure(&self, f: Failure) {
-        self.auth_failures[f.index()].fetch_add(1, Relaxed);
-    }
-
     /// The app answered `status` after `elapsed`.
     pub fn app_response(&self, status: u16, elapsed: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
@@ -142,11 +133,7 @@ impl Metrics {
     }
 
     pub fn reload(&self, r: Result) {
-        match r {
-            Result::Success => &self.reloads_ok,
-            Result::Failure => &self.reloads_failed,
-        }
-        .fetch_add(1, Relaxed);
+        self.reloads[r.index()].fetch_add(1, Relaxed);
         self.reload_standing(r);
     }
 
@@ -158,11 +145,7 @@ impl Metrics {
     }
 
     pub fn jwks_refresh(&self, r: Result) {
-        match r {
-            Result::Success => &self.jwks_ok,
-            Result::Failure => &self.jwks_failed,
-        }
-        .fetch_add(1, Relaxed);
+        self.jwks[r.index()].fetch_add(1, Relaxed);
     }
 
     pub fn dedup_error(&self) {
@@ -180,11 +163,7 @@ impl Metrics {
 
     /// A commit that failed to reach Redis was written there later (`Success`), or failed again.
     pub fn commit_replay(&self, r: Result) {
-        match r {
-            Result::Success => &self.replays_ok,
-            Result::Failure => &self.replays_failed,
-        }
-        .fetch_add(1, Relaxed);
+        self.replays[r.index()].fetch_add(1, Relaxed);
     }
 
     /// A commit waiting for Redis was given up: the queue was full, or its TTL passed.
@@ -240,7 +219,7 @@ impl Metrics {
         );
 
         self.render_gauges(w, dedup_entries, buffered_bytes);
-        labelled(
+        family(
             w,
             (
                 "pps_sidecar_build_info",
@@ -251,13 +230,13 @@ impl Metrics {
             [(env!("CARGO_PKG_VERSION"), 1)],
         );
         self.spool.render(w);
-        crate::process::render(w);
+        proc::render(w);
         out
     }
 
     /// The counters, by label.
     fn render_counters(&self, w: &mut String) {
-        labelled(
+        family(
             w,
             (
                 "pps_sidecar_requests_total",
@@ -267,18 +246,8 @@ impl Metrics {
             "outcome",
             Outcome::ALL.map(|o| (o.label(), load(&self.requests[o.index()]))),
         );
-        labelled(
-            w,
-            (
-                "pps_sidecar_auth_failures_total",
-                "counter",
-                "Deliveries whose authentication failed, by reason (in shadow mode too).",
-            ),
-            "reason",
-            Failure::ALL.map(|f| (f.reason(), load(&self.auth_failures[f.index()]))),
-        );
         let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-        labelled(
+        family(
             w,
             (
                 "pps_sidecar_app_responses_total",
@@ -289,7 +258,7 @@ impl Metrics {
             std::array::from_fn::<_, 5, _>(|i| (classes[i], load(&self.app_responses[i]))),
         );
 
-        labelled(
+        family(
             w,
             (
                 "pps_sidecar_connections_closed_total",
@@ -299,15 +268,14 @@ impl Metrics {
             "reason",
             Closed::ALL.map(|c| (c.label(), load(&self.connections_closed[c.index()]))),
         );
-        for (meta, ok, failed) in [
+        for (meta, counts) in [
             (
                 (
                     "pps_sidecar_config_reloads_total",
                     "counter",
                     "Configuration reloads by result.",
                 ),
-                &self.reloads_ok,
-                &self.reloads_failed,
+                &self.reloads,
             ),
             (
                 (
@@ -315,8 +283,7 @@ impl Metrics {
                     "counter",
                     "JWKS fetches by result.",
                 ),
-                &self.jwks_ok,
-                &self.jwks_failed,
+                &self.jwks,
             ),
             (
                 (
@@ -324,15 +291,14 @@ impl Metrics {
                     "counter",
                     "Replays of commits that failed to reach Redis, by result.",
                 ),
-                &self.replays_ok,
-                &self.replays_failed,
+                &self.replays,
             ),
         ] {
-            labelled(
+            family(
                 w,
                 meta,
                 "result",
-                [("success", load(ok)), ("failure", load(failed))],
+                Result::ALL.map(|r| (r.label(), load(&counts[r.index()]))),
             );
         }
     }
@@ -458,7 +424,7 @@ impl SpoolMetrics {
             header(w, meta);
             let _ = writeln!(w, "{} {}", meta.0, load(value));
         }
-        labelled(
+        family(
             w,
             (
                 "pps_sidecar_spool_dropped_total",
@@ -468,7 +434,7 @@ impl SpoolMetrics {
             "reason",
             SpoolDropped::ALL.map(|d| (d.label(), load(&self.dropped[d.index()]))),
         );
-        labelled(
+        family(
             w,
             (
                 "pps_sidecar_spool_replayed_total",
@@ -529,7 +495,7 @@ fn load(a: &AtomicU64) -> u64 {
     a.load(Relaxed)
 }
 
-fn labelled<const N: usize>(w: &mut String, meta: Meta, label: &str, values: [(&str, u64); N]) {
+fn family<const N: usize>(w: &mut String, meta: Meta, label: &str, values: [(&str, u64); N]) {
     header(w, meta);
     for (v, n) in values {
         let _ = writeln!(w, "{}{{{label}=\"{v}\"}} {n}", meta.0);
@@ -623,5 +589,71 @@ mod tests {
             m.render(0, 0)
                 .contains("\npps_sidecar_config_last_reload_success 1\n")
         );
+    }
+
+    /// Every family the page names has a sample, and once each recorder has been called, every sample
+    /// of the sidecar's own families has moved: a counter added but not rendered, or rendered from the
+    /// wrong field, fails here.
+    #[test]
+    fn every_counter_and_gauge_is_rendered_and_moves() {
+        let m: &'static Metrics = Box::leak(Box::new(Metrics::new()));
+        let before = m.render(0, 0);
+        for o in Outcome::ALL {
+            m.request(o);
+        }
+        for c in Closed::ALL {
+            m.connection_closed(c);
+        }
+        for d in SpoolDropped::ALL {
+            m.spool_dropped(d);
+        }
+        for r in Replayed::ALL {
+            m.spool_replayed(r);
+        }
+        for r in Result::ALL {
+            m.reload(r);
+            m.jwks_refresh(r);
+            m.commit_replay(r);
+        }
+        m.reload(Result::Success);
+        for status in [100, 200, 300, 400, 500] {
+            m.app_response(status, Duration::from_millis(1));
+        }
+        m.observe_request(Duration::from_millis(1));
+        m.spool_gauges(1, 1);
+        m.spool_written();
+        m.spool_write_failed();
+        m.dedup_error();
+        m.dedup_body_mismatch();
+        m.commit_dropped();
+        m.commits_pending(1);
+        let _busy = m.in_flight();
+        let _open = m.connection_open();
+        let after = m.render(1, 1);
+
+        let mut families = 0;
+        for line in before.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split(' ').nth(2).unwrap();
+            let samples = |text: &str| -> Vec<String> {
+                text.lines()
+                    .filter(|l| !l.starts_with('#'))
+                    .filter(|l| {
+                        l.split(['{', ' ']).next() == Some(name)
+                            || (l.starts_with(name) && l[name.len()..].starts_with("_bucket"))
+                    })
+                    .map(str::to_owned)
+                    .collect()
+            };
+            assert!(!samples(&before).is_empty(), "{name} has no sample");
+            if !name.starts_with("pps_sidecar_") {
+                continue;
+            }
+            families += 1;
+            for sample in samples(&after) {
+                let value = sample.rsplit(' ').next().unwrap();
+                assert_ne!(value.parse::<f64>().unwrap(), 0.0, "{sample} did not move");
+            }
+        }
+        assert!(families >= 20, "only {families} families");
     }
 }
