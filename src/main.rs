@@ -158,10 +158,12 @@ fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
         report("no configuration: pass --config PATH or set PPS_SIDECAR_CONFIG");
         return Err(ExitCode::from(2));
     };
-    Config::load(&path).map_err(|e| {
-        report(&e.to_string());
-        ExitCode::from(1)
-    })
+    Config::load(&path)
+        .and_then(|c| pps_sidecar::spool::prepare(&c).map(|()| c))
+        .map_err(|e| {
+            report(&e.to_string());
+            ExitCode::from(1)
+        })
 }
 
 /// An error that ends the command: a log line when `run` writes JSON logs, else `error: ...` on stderr.

@@ -72,7 +72,15 @@ impl Reloader {
     /// identical to the one already reported.
     fn reload(&self, reason: &str, same_error: Option<&str>) -> Result<(), String> {
         let old = self.shared.live();
-        match Config::load(&old.config.path) {
+        let loaded = Config::load(&old.config.path).and_then(|new| {
+            let same_dir =
+                new.spool.as_ref().map(|s| &s.dir) == old.config.spool.as_ref().map(|s| &s.dir);
+            if !same_dir {
+                crate::spool::prepare(&new)?;
+            }
+            Ok(new)
+        });
+        match loaded {
             Ok(new) => {
                 for what in restart_needed(&old.config, &new, self.shared.startup) {
                     log::warn!(

@@ -378,7 +378,6 @@ impl Validator<'_> {
         if !(1..=87_600).contains(&raw.max_age_hours) {
             return Err(self.err("spool.max_age_hours", "must be between 1 and 87600"));
         }
-        crate::spool::prepare_dir(&dir).map_err(|reason| self.err("spool.dir", reason))?;
         Ok(Some(SpoolConfig {
             dir,
             max_bytes: raw.max_bytes,

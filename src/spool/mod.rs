@@ -14,12 +14,26 @@ mod replay;
 mod store;
 
 pub use replay::{ReplayRequest, is_loopback_peer, replay};
-pub use store::{Entry, Listed, Meta, Store, now_ms, prepare_dir};
+pub use store::{Entry, Listed, Meta, Store, now_ms};
 
-use crate::config::SpoolConfig;
+use crate::config::{Config, ConfigError, SpoolConfig};
 use crate::dedup::Key;
 use crate::delivery::Delivery;
 use crate::metrics::METRICS;
+
+/// Makes `c`'s spool directory ready (created 0700 when missing, proven writable): at start-up, by
+/// `check` and the spool commands, and by a reload that names another directory. Validating the file
+/// touches no file system; this is the one place that does, in the order the caller says.
+pub fn prepare(c: &Config) -> Result<(), ConfigError> {
+    let Some(s) = &c.spool else {
+        return Ok(());
+    };
+    store::prepare_dir(&s.dir).map_err(|reason| ConfigError {
+        file: c.path.display().to_string(),
+        key: "spool.dir".into(),
+        reason,
+    })
+}
 
 /// At start: removes what a crash left half-written, applies the bounds, and sets the gauges.
 pub fn open(cfg: &SpoolConfig) {
@@ -105,5 +119,41 @@ impl Pending {
                 log::error!("spool: cannot keep webhook id {webhook_id}: the write task failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn validating_a_spool_touches_no_file_system_and_prepare_makes_the_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("spool");
+        let text = format!(
+            "[upstream]\naddress = \"127.0.0.1:3000\"\n[auth.hmac]\nsecrets = [{{ value = \"s\" }}]\n[spool]\ndir = \"{}\"\n",
+            dir.display()
+        );
+        let c = Config::parse(&text, Path::new("sidecar.toml")).unwrap();
+        assert!(!dir.exists(), "validation created the spool directory");
+        prepare(&c).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let nested = text.replace("/spool\"", "/a/b\"");
+        prepare(&Config::parse(&nested, Path::new("sidecar.toml")).unwrap()).unwrap();
+        assert!(tmp.path().join("a/b").is_dir(), "parents are created too");
+
+        std::fs::write(tmp.path().join("file"), "").unwrap();
+        let text = text.replace("/spool\"", "/file\"");
+        let e = prepare(&Config::parse(&text, Path::new("sidecar.toml")).unwrap()).unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.key.as_str(), e.reason.as_str()),
+            ("sidecar.toml", "spool.dir", "is not a directory")
+        );
     }
 }
