@@ -78,7 +78,9 @@ labelled! {
 
 labelled! {
     /// What a replay of one spooled entry came to, for `pps_sidecar_spool_replayed_total{result}` and the
-    /// operator's `pps-sidecar spool replay`.
+    /// operator's `pps-sidecar spool replay` (the admin listener's JSON answer names it by its label).
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
     pub enum Replayed {
         /// The app acknowledged it with a 2xx: the entry is removed.
         Delivered => "delivered",

@@ -1,13 +1,13 @@
 //! `pps-sidecar spool list|show|replay|drop`. `list`, `show` and `drop` work on the directory itself;
 //! `replay` asks the running sidecar, which owns the dedup store and the connections to the app.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use pps_sidecar::config::Config;
-use pps_sidecar::spool::{ReplayRequest, Store};
+use pps_sidecar::spool::{ReplayRequest, ReplayedEntry, Store};
 use pps_sidecar::timefmt::{Timestamp, format_rfc3339};
 
 use super::SpoolCommand;
@@ -34,10 +34,10 @@ pub fn run(c: &Config, cmd: SpoolCommand) -> ExitCode {
                     l.id,
                     time(m.time_ms),
                     m.status,
-                    m.verified,
-                    m.key.tenant().unwrap_or("-"),
-                    m.topic,
-                    m.key.webhook_id(),
+                    shown(&m.verified),
+                    shown(m.key.tenant().unwrap_or("-")),
+                    shown(&m.topic),
+                    shown(m.key.webhook_id()),
                     l.bytes
                 );
             }
@@ -75,10 +75,10 @@ fn show(store: &Store, id: &str) -> ExitCode {
                 e.id,
                 time(m.time_ms),
                 m.status,
-                m.verified,
-                m.key.tenant().unwrap_or("-"),
-                m.topic,
-                m.key.webhook_id()
+                shown(&m.verified),
+                shown(m.key.tenant().unwrap_or("-")),
+                shown(&m.topic),
+                shown(m.key.webhook_id())
             );
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(&e.head);
@@ -93,24 +93,51 @@ fn show(store: &Store, id: &str) -> ExitCode {
     }
 }
 
-/// Posts the request to the admin listener and prints its answer: one line per entry. Exit 0 when every
-/// entry was delivered or found acknowledged already.
+/// Posts the request to the admin listener and prints its answer, one line per entry: `ID RESULT
+/// [STATUS]`. Exit 0 when every entry was delivered or found acknowledged already.
 fn replay(admin: SocketAddr, req: &ReplayRequest) -> ExitCode {
-    let body = serde_json::to_vec(req).expect("a request serializes");
-    match post(loopback(admin), "/spool/replay", &body) {
-        Ok((200, text)) => {
-            print!("{text}");
-            let all_done = text
-                .lines()
-                .all(|l| l.contains(" delivered") || l.contains(" duplicate"));
-            if all_done {
+    let url = format!("http://{}/spool/replay", loopback(admin));
+    let asked = async {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(REPLAY_WAIT)
+            .no_proxy()
+            .build()?;
+        let body = serde_json::to_vec(req).expect("a replay request serializes");
+        let resp = client
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        Ok::<_, reqwest::Error>((status, body))
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime starts");
+    match runtime.block_on(asked) {
+        Ok((status, body)) if status.is_success() => {
+            let Ok(entries) = serde_json::from_slice::<Vec<ReplayedEntry>>(&body) else {
+                eprintln!("error: the sidecar's answer is not a replay result");
+                return ExitCode::from(1);
+            };
+            for e in &entries {
+                let status = e.status.map(|s| format!(" {s}")).unwrap_or_default();
+                println!("{} {}{status}", e.id, e.result.label());
+            }
+            if entries.iter().all(ReplayedEntry::done) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
             }
         }
-        Ok((status, text)) => {
-            eprintln!("error: the sidecar answered {status}: {}", text.trim_end());
+        Ok((status, body)) => {
+            let mut shown = String::new();
+            pps_sidecar::logging::quote(&mut shown, String::from_utf8_lossy(&body).trim_end());
+            eprintln!("error: the sidecar answered {}: {shown}", status.as_u16());
             ExitCode::from(1)
         }
         Err(e) => {
@@ -130,46 +157,11 @@ fn loopback(admin: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, admin.port())
 }
 
-/// One HTTP/1.1 POST, the connection closed after it; (status, body).
-fn post(addr: SocketAddr, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(REPLAY_WAIT))?;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        raw.extend_from_slice(&buf[..n]);
-        if let Some(whole) = complete(&raw) {
-            return Ok(whole);
-        }
-    }
-    complete(&raw).ok_or_else(|| std::io::Error::other("the answer was cut short"))
-}
-
-/// The answer, once its head and its `Content-Length` of body are there.
-fn complete(raw: &[u8]) -> Option<(u16, String)> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = std::str::from_utf8(&raw[..end]).ok()?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let body = raw.get(end..end + len)?;
-    Some((status, String::from_utf8_lossy(body).into_owned()))
+/// `v`, a value that came from a sender, quoted and escaped as in the logs.
+fn shown(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    pps_sidecar::logging::quote(&mut out, v);
+    out
 }
 
 fn time(ms: u64) -> String {

@@ -137,7 +137,15 @@ impl Admin {
             return text(413, "request too large or too slow\n".into());
         }
         match serde_json::from_slice::<spool::ReplayRequest>(&body) {
-            Ok(req) => text(200, spool::replay(&self.shared, &cfg, req).await),
+            Ok(req) => {
+                let done = spool::replay(&self.shared, &cfg, req).await;
+                let mut r = text(200, serde_json::to_string(&done).unwrap_or_default());
+                r.headers_mut().insert(
+                    "Content-Type",
+                    http::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
             Err(_) => text(400, "expected {\"ids\": [...]} or {\"all\": true}\n".into()),
         }
     }

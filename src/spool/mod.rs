@@ -13,7 +13,7 @@ mod index;
 mod replay;
 mod store;
 
-pub use replay::{ReplayRequest, is_loopback_peer, replay};
+pub use replay::{ReplayRequest, ReplayedEntry, is_loopback_peer, replay};
 pub use store::{Entry, Listed, Meta, Store, now_ms};
 
 use crate::config::{Config, ConfigError, SpoolConfig};

@@ -27,14 +27,32 @@ pub struct ReplayRequest {
     pub all: bool,
 }
 
+/// What the replay of one entry came to: the admin listener's answer is a JSON array of these, and the
+/// CLI decides its exit status from `result`, not from the words it prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayedEntry {
+    pub id: String,
+    pub result: Replayed,
+    /// The app's status, when it answered (or, for a duplicate, the status it acknowledged with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
+impl ReplayedEntry {
+    /// The event is with the app now: delivered by this replay, or acknowledged before it.
+    pub fn done(&self) -> bool {
+        matches!(self.result, Replayed::Delivered | Replayed::Duplicate)
+    }
+}
+
 /// Only a peer on this host (`kubectl exec` into the pod) may ask for a replay: the admin listener is
 /// open to the cluster for probes and scrapes, and a replay sends stored deliveries to the app.
 pub fn is_loopback_peer(peer: Option<SocketAddr>) -> bool {
     peer.is_some_and(|p| p.ip().to_canonical().is_loopback())
 }
 
-/// Replays the entries asked for, one after the other; one line per entry: `ID RESULT [STATUS]`.
-pub async fn replay(shared: &Shared, cfg: &SpoolConfig, req: ReplayRequest) -> String {
+/// Replays the entries asked for, one after the other.
+pub async fn replay(shared: &Shared, cfg: &SpoolConfig, req: ReplayRequest) -> Vec<ReplayedEntry> {
     let store = Store::new(cfg);
     let ids = if req.all {
         let s = store.clone();
@@ -47,20 +65,14 @@ pub async fn replay(shared: &Shared, cfg: &SpoolConfig, req: ReplayRequest) -> S
     } else {
         req.ids
     };
-    let mut out = String::new();
+    let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let (result, status) = one(shared, &store, &id).await;
         METRICS.spool_replayed(result);
         let mut shown = String::new();
         crate::logging::quote(&mut shown, &id);
         log::info!("spool: replay of entry {shown}: {}", result.label());
-        out.push_str(&id);
-        out.push(' ');
-        out.push_str(result.label());
-        if let Some(s) = status {
-            out.push_str(&format!(" {s}"));
-        }
-        out.push('\n');
+        out.push(ReplayedEntry { id, result, status });
     }
     let s = store.clone();
     let _ = tokio::task::spawn_blocking(move || s.enforce(now_ms())).await;
@@ -165,6 +177,23 @@ mod tests {
             !is_loopback_peer(None),
             "a Unix socket peer or an unknown one"
         );
+    }
+
+    #[test]
+    fn a_replay_result_is_named_by_its_metric_label_on_the_wire() {
+        for result in Replayed::ALL {
+            let entry = ReplayedEntry {
+                id: "x".into(),
+                result,
+                status: Some(200),
+            };
+            let json = serde_json::to_string(&entry).unwrap();
+            assert!(
+                json.contains(&format!("\"result\":\"{}\"", result.label())),
+                "{json}"
+            );
+            assert_eq!(serde_json::from_str::<ReplayedEntry>(&json).unwrap(), entry);
+        }
     }
 
     #[test]

@@ -394,3 +394,29 @@ async fn an_entry_older_than_the_dedup_ttl_is_kept_but_never_replayed() {
     assert_eq!(app.count(), seen, "not sent");
     assert_eq!(listed(&sidecar).await.len(), 1, "kept for an operator");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_list_and_show_quote_what_a_sender_wrote() {
+    let app = TestApp::start().await;
+    let spool = Spool::new();
+    let sidecar = Sidecar::start(&app, &spool.toml("")).await;
+    app.set(Behaviour::Answer(422));
+    let d = Delivery::json()
+        .set("X-Pps-Tenant-Id", Some("OU1\u{2028}tenant=forged"))
+        .set("X-Pps-Topic", Some("orders/placed\u{202e}x"));
+    assert_eq!(sidecar.send(&d).await.status, 422);
+    let (code, out, err) = cli(&sidecar, &["list"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.contains("tenant=\"OU1\\u{2028}tenant=forged\" topic=\"orders/placed\\u{202e}x\""),
+        "{out}"
+    );
+    let id = out.split(' ').next().unwrap();
+    let (code, out, _) = cli(&sidecar, &["show", id]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("tenant: \"OU1\\u{2028}tenant=forged\"\n"),
+        "{out}"
+    );
+}
