@@ -177,9 +177,9 @@ impl Metrics {
     }
 
     /// Counts a delivery in progress until the guard drops; graceful shutdown waits for zero.
-    pub fn in_flight(&'static self) -> InFlight {
+    pub fn in_flight(&'static self) -> InFlightRequest {
         self.in_flight.fetch_add(1, Relaxed);
-        InFlight(self)
+        InFlightRequest(self)
     }
 
     pub fn in_flight_now(&self) -> i64 {
@@ -473,7 +473,7 @@ impl Histogram {
             .fetch_add(elapsed.as_micros() as u64, Relaxed);
     }
 
-    fn render(&self, w: &mut String, meta: Meta) {
+    fn render(&self, w: &mut String, meta: Family) {
         let name = meta.0;
         header(w, meta);
         let mut cumulative = 0;
@@ -489,13 +489,13 @@ impl Histogram {
 }
 
 /// Name, type and help of a metric family.
-pub(crate) type Meta = (&'static str, &'static str, &'static str);
+pub(crate) type Family = (&'static str, &'static str, &'static str);
 
 fn load(a: &AtomicU64) -> u64 {
     a.load(Relaxed)
 }
 
-fn family<const N: usize>(w: &mut String, meta: Meta, label: &str, values: [(&str, u64); N]) {
+fn family<const N: usize>(w: &mut String, meta: Family, label: &str, values: [(&str, u64); N]) {
     header(w, meta);
     for (v, n) in values {
         let _ = writeln!(w, "{}{{{label}=\"{v}\"}} {n}", meta.0);
@@ -503,7 +503,7 @@ fn family<const N: usize>(w: &mut String, meta: Meta, label: &str, values: [(&st
 }
 
 /// The `# HELP` and `# TYPE` lines of a family (also for the series `crate::auth::series` renders).
-pub(crate) fn header(w: &mut String, (name, kind, help): Meta) {
+pub(crate) fn header(w: &mut String, (name, kind, help): Family) {
     let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
@@ -513,7 +513,7 @@ impl Default for Metrics {
     }
 }
 
-pub struct InFlight(&'static Metrics);
+pub struct InFlightRequest(&'static Metrics);
 
 pub struct OpenConnection(&'static Metrics);
 
@@ -523,7 +523,7 @@ impl Drop for OpenConnection {
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlightRequest {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
     }

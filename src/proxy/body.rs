@@ -10,7 +10,7 @@ use crate::limits::Reservation;
 use crate::outcome::Outcome;
 
 /// A delivery body, and its share of the memory budget for bodies, held as long as the body is.
-pub struct Body {
+pub struct Buffered {
     pub bytes: Bytes,
     _held: Reservation,
 }
@@ -21,7 +21,7 @@ pub fn too_large() -> Reply {
 
 /// Reads the whole body. `declared`: its `Content-Length`, already checked against `max_body_bytes`.
 /// Answers `100 Continue` first when the sender waits for it.
-pub async fn read(rq: &mut Request<'_>, declared: Option<u64>) -> Result<Body, Reply> {
+pub async fn read(rq: &mut Request<'_>, declared: Option<u64>) -> Result<Buffered, Reply> {
     let server = &rq.live.config.server;
     let max = rq.live.config.webhooks.max_body_bytes;
     let mut held = rq.shared.bodies.reservation();
@@ -40,7 +40,7 @@ pub async fn read(rq: &mut Request<'_>, declared: Option<u64>) -> Result<Body, R
         server.max_buffered_bytes,
     );
     match tokio::time::timeout(server.body_timeout, reading).await {
-        Ok(bytes) => Ok(Body {
+        Ok(bytes) => Ok(Buffered {
             bytes: bytes?,
             _held: held,
         }),

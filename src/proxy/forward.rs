@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::body::Body;
+use super::body::Buffered;
 use super::relay::{self, Relayed};
 use super::reply::Reply;
 use super::rewrite::{self, Forwarding};
@@ -24,7 +24,7 @@ pub struct Sent<'a> {
     pub delivery: &'a Delivery,
     /// `None`: shadow mode, and no method verified it.
     pub verified: Option<&'a Verified>,
-    pub body: Body,
+    pub body: Buffered,
     /// The delivery's dedup claim (verified deliveries, dedup on).
     pub claim: Option<ClaimGuard>,
 }
@@ -40,7 +40,7 @@ pub struct Stake {
 /// A verified delivery's copy for the spool, kept if the app refuses it.
 struct Spooled {
     cfg: SpoolConfig,
-    pending: spool::Pending,
+    pending: spool::Candidate,
     delivery: Delivery,
     body: Bytes,
 }
@@ -93,7 +93,7 @@ pub async fn forward(rq: &mut Request<'_>, sent: Sent<'_>) -> (Relayed, Duration
             .zip(cfg.spool.as_ref())
             .map(|(v, cfg)| Spooled {
                 cfg: cfg.clone(),
-                pending: spool::Pending::new(cfg, v.label(), &head),
+                pending: spool::Candidate::new(cfg, v.label(), &head),
                 delivery: sent.delivery.clone(),
                 body: sent.body.bytes.clone(),
             }),

@@ -17,7 +17,7 @@ use super::reply::Reply;
 use super::rewrite::{self, BodyFraming};
 use super::{Request, client_ip};
 use crate::route::Target;
-use crate::upstream::{AppFailure, Outgoing, Sent};
+use crate::upstream::{AppFailure, Outgoing, Progress};
 
 /// Forwards the request as routed, and relays the app's answer.
 pub async fn forward(rq: &mut Request<'_>, target: Target<'_>) -> Ended {
@@ -97,9 +97,9 @@ async fn send_body(
             (_, None) => return Ok(()),
         };
         match out.body(&wire).await.map_err(Some)? {
-            Sent::Answered => return Ok(()),
-            Sent::Taken if last => return Ok(()),
-            Sent::Taken => {}
+            Progress::Answered => return Ok(()),
+            Progress::Taken if last => return Ok(()),
+            Progress::Taken => {}
         }
     }
 }

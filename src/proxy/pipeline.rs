@@ -6,7 +6,7 @@
 use pingora::http::RequestHeader;
 
 use super::Request;
-use super::body::{self, Body};
+use super::body::{self, Buffered};
 use super::ended::Ended;
 use super::forward::{self, Sent};
 use super::relay::Relayed;
@@ -145,7 +145,7 @@ fn allowed(list: &[String], value: Option<&str>) -> bool {
 async fn claim(
     rq: &Request<'_>,
     d: &Delivery,
-    body: &Body,
+    body: &Buffered,
     verified: Option<&Verified>,
 ) -> Result<Option<ClaimGuard>, Reply> {
     let cfg = &rq.live.config;

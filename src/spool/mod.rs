@@ -6,7 +6,7 @@
 //! at rest.
 //!
 //! `store` is the directory (atomic, bounded, private files); `replay` re-sends entries through the running
-//! sidecar, under the same dedup contract as a delivery. The proxy calls `Pending::keep` and
+//! sidecar, under the same dedup contract as a delivery. The proxy calls `Candidate::keep` and
 //! `acknowledged` when it settles a verified delivery (`proxy::Stake`), and nothing else.
 
 mod index;
@@ -64,13 +64,13 @@ pub async fn acknowledged(cfg: &SpoolConfig, key: &Key) {
 
 /// A verified delivery on its way to the app, ready to be spooled if the app refuses it. Only a verified
 /// delivery ever makes one (`proxy::Stake`).
-pub struct Pending {
+pub struct Candidate {
     cfg: SpoolConfig,
     verified: &'static str,
     head: Vec<u8>,
 }
 
-impl Pending {
+impl Candidate {
     /// `verified`: how it was verified (`hmac`, `jwt`); `head`: as the app receives it.
     pub fn new(cfg: &SpoolConfig, verified: &'static str, head: &[u8]) -> Self {
         Self {

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::codec::{self, Chunked, Framing, Parsed, Step};
-use super::{AppFailure, Body, Exchange};
+use super::{AppFailure, BodyLeft, Exchange};
 
 /// Bodies up to this size are copied behind the head so that the request is one `write`; larger ones
 /// go out with `writev` of both.
@@ -77,14 +77,14 @@ impl Exchange {
             buf: BytesMut::with_capacity(READ_ROOM),
             header: None,
             status: 0,
-            body: Body::Done,
+            body: BodyLeft::Done,
             keep_alive: false,
             read_timeout,
         };
         for _ in 0..MAX_INFORMATIONAL {
             if exchange.read_head().await? {
                 if head_only {
-                    exchange.body = Body::Done;
+                    exchange.body = BodyLeft::Done;
                     exchange.keep_alive = false;
                 }
                 return Ok(exchange);
@@ -113,10 +113,10 @@ impl Exchange {
                     self.keep_alive = head.keep_alive;
                     self.header = Some(head.header);
                     self.body = match head.framing {
-                        Framing::None | Framing::Length(0) => Body::Done,
-                        Framing::Length(n) => Body::Length(n),
-                        Framing::Chunked => Body::Chunked(Chunked::default()),
-                        Framing::UntilClose => Body::UntilClose,
+                        Framing::None | Framing::Length(0) => BodyLeft::Done,
+                        Framing::Length(n) => BodyLeft::Length(n),
+                        Framing::Chunked => BodyLeft::Chunked(Chunked::default()),
+                        Framing::UntilClose => BodyLeft::UntilClose,
                     };
                     return Ok(true);
                 }
@@ -138,29 +138,29 @@ impl Exchange {
     pub(super) async fn next_chunk(&mut self) -> Result<Option<Bytes>, Box<Error>> {
         loop {
             match self.body {
-                Body::Done => return Ok(None),
-                Body::Length(left) => {
+                BodyLeft::Done => return Ok(None),
+                BodyLeft::Length(left) => {
                     let data = self.take(left).await?;
                     let left = left - data.len() as u64;
                     self.body = if left == 0 {
-                        Body::Done
+                        BodyLeft::Done
                     } else {
-                        Body::Length(left)
+                        BodyLeft::Length(left)
                     };
                     return Ok(Some(data));
                 }
-                Body::UntilClose => {
+                BodyLeft::UntilClose => {
                     if self.buf.is_empty() && self.fill_body().await? == 0 {
-                        self.body = Body::Done;
+                        self.body = BodyLeft::Done;
                         return Ok(None);
                     }
                     return Ok(Some(self.buf.split().freeze()));
                 }
-                Body::Chunked(mut decoder) => {
+                BodyLeft::Chunked(mut decoder) => {
                     let step = decoder
                         .step(&self.buf)
                         .map_err(|e| bad_answer(ErrorType::InvalidHTTPHeader, e.what()))?;
-                    self.body = Body::Chunked(decoder);
+                    self.body = BodyLeft::Chunked(decoder);
                     match step {
                         Step::Framing(n) => self.buf.advance(n),
                         Step::Data(n) => return Ok(Some(self.buf.split_to(n).freeze())),
@@ -171,7 +171,7 @@ impl Exchange {
                         }
                         Step::Done(n) => {
                             self.buf.advance(n);
-                            self.body = Body::Done;
+                            self.body = BodyLeft::Done;
                         }
                     }
                 }
@@ -221,7 +221,7 @@ impl Exchange {
 
     /// The body was read to its end, nothing else is pending, and the app keeps the connection open.
     pub(super) fn reusable(&self) -> bool {
-        self.keep_alive && matches!(self.body, Body::Done) && self.buf.is_empty()
+        self.keep_alive && matches!(self.body, BodyLeft::Done) && self.buf.is_empty()
     }
 }
 

@@ -31,7 +31,7 @@ pub mod head;
 mod outgoing;
 mod pool;
 
-pub use outgoing::{Outgoing, Sent};
+pub use outgoing::{Outgoing, Progress};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -82,14 +82,14 @@ pub struct Exchange {
     buf: BytesMut,
     header: Option<ResponseHeader>,
     status: u16,
-    body: Body,
+    body: BodyLeft,
     /// The app allows another request on this connection.
     keep_alive: bool,
     read_timeout: Duration,
 }
 
 /// What is left of the answer's body.
-enum Body {
+enum BodyLeft {
     Length(u64),
     Chunked(Chunked),
     UntilClose,

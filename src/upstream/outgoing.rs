@@ -24,7 +24,7 @@ pub struct Outgoing {
 
 /// What became of a piece of the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
+pub enum Progress {
     /// The app took it whole.
     Taken,
     /// The app started to answer (or closed) first: send no more, read its answer.
@@ -54,14 +54,14 @@ impl App {
 impl Outgoing {
     /// Writes `data` (a piece of the body, already framed by the caller), each wait for the socket within
     /// the read timeout, unless the app starts to answer first.
-    pub async fn body(&mut self, data: &[u8]) -> Result<Sent, AppFailure> {
+    pub async fn body(&mut self, data: &[u8]) -> Result<Progress, AppFailure> {
         self.send(data).await.map_err(|f| {
             log::warn!("app exchange failed: {}", f.what);
             f.failure
         })
     }
 
-    async fn send(&mut self, mut data: &[u8]) -> Result<Sent, Failed> {
+    async fn send(&mut self, mut data: &[u8]) -> Result<Progress, Failed> {
         let stream = &self.stream;
         while !data.is_empty() {
             let ready = tokio::time::timeout(self.read_timeout, async {
@@ -74,7 +74,7 @@ impl Outgoing {
             .await
             .unwrap_or_else(|_| Err(ErrorKind::TimedOut.into()));
             match ready {
-                Ok(false) => return Ok(Sent::Answered),
+                Ok(false) => return Ok(Progress::Answered),
                 Ok(true) => match stream.try_write(data) {
                     Ok(n) => data = &data[n..],
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
@@ -83,7 +83,7 @@ impl Outgoing {
                 Err(e) => return Err(Failed::io(&e, "writing a pass-through request")),
             }
         }
-        Ok(Sent::Taken)
+        Ok(Progress::Taken)
     }
 
     /// The app's answer head; its body follows from the exchange. The connection is closed with it.

@@ -80,12 +80,12 @@ struct FetchState {
 }
 
 struct KeySet {
-    by_kid: HashMap<String, Key>,
+    by_kid: HashMap<String, IssuerKey>,
     /// When the fetch that got it began: every key the issuer published before then is in it.
     fetched_from: Instant,
 }
 
-struct Key {
+struct IssuerKey {
     decoding: DecodingKey,
     /// The JWK's own `alg`, when it names one: a token must then use exactly that.
     alg: Option<Algorithm>,

@@ -12,8 +12,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use super::{
-    Issuer, JwtVerifier, Key, KeySet, MAX_DOCUMENT_BYTES, MAX_KID_LABEL_BYTES, MAX_KID_SERIES,
-    RETRY_MAX, RETRY_MIN, UNKNOWN_KID_REFETCH_INTERVAL,
+    Issuer, IssuerKey, JwtVerifier, KeySet, MAX_DOCUMENT_BYTES, MAX_KID_LABEL_BYTES,
+    MAX_KID_SERIES, RETRY_MAX, RETRY_MIN, UNKNOWN_KID_REFETCH_INTERVAL,
 };
 use crate::config::check_fetch_url;
 use crate::metrics::{self, METRICS};
@@ -221,7 +221,7 @@ impl Issuer {
                     Some(before) if before.labelled => before.verified.clone(),
                     _ => Arc::default(),
                 };
-                let key = Key {
+                let key = IssuerKey {
                     decoding: p.decoding,
                     alg: p.alg,
                     verified,
