@@ -13,6 +13,7 @@ mod hostile;
 mod inject;
 mod jwt;
 mod k8s;
+mod layout;
 mod limits;
 mod logs;
 #[cfg(target_os = "linux")]
