@@ -209,7 +209,7 @@ impl Validator<'_> {
             {
                 return Err(self.err(
                     format!("webhooks.paths[{i}]"),
-                    "must be a plain path such as \"/webhooks\": starting with '/', lowercase, without                      '//', '.' or '..' segments, ';' or percent-encoding",
+                    "must be a plain path such as \"/webhooks\": starting with '/', lowercase, without '//', '.' or '..' segments, ';' or percent-encoding",
                 ));
             }
         }
