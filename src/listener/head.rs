@@ -21,12 +21,16 @@ use pingora::protocols::{
     Stream, TimingDigest, UniqueID, UniqueIDType,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 
 /// Where a connection is: reading a request head, or past it.
 #[derive(Debug, Default)]
 pub struct HeadState {
     reading: AtomicBool,
     read: AtomicUsize,
+    /// Someone waits for the first byte of the head being read (a kept-alive connection's next request).
+    waiting: AtomicBool,
+    first_byte: Notify,
 }
 
 impl HeadState {
@@ -48,6 +52,22 @@ impl HeadState {
 
     pub fn reading(&self) -> bool {
         self.reading.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the first byte of the head being read arrives. Registered when called, before it is
+    /// polled, so a byte that arrives in between is not missed; it never resolves for a byte read before.
+    pub fn first_byte(&self) -> impl Future<Output = ()> + '_ {
+        let arrived = self.first_byte.notified();
+        self.waiting.store(true, Ordering::Release);
+        arrived
+    }
+
+    /// `n` bytes of the head were read.
+    fn counted(&self, n: usize) {
+        let before = self.read.fetch_add(n, Ordering::Relaxed);
+        if before == 0 && n > 0 && self.waiting.swap(false, Ordering::AcqRel) {
+            self.first_byte.notify_waiters();
+        }
     }
 }
 
@@ -98,7 +118,7 @@ impl AsyncRead for HeadCapped {
         let n = capped.filled().len();
         if let Poll::Ready(Ok(())) = polled {
             buf.advance(n);
-            self.head.read.fetch_add(n, Ordering::Relaxed);
+            self.head.counted(n);
         }
         polled
     }

@@ -98,12 +98,12 @@ impl<H: Handler> ServerApp for Listener<H> {
             head.clone(),
             self.limits.max_header_bytes,
         ));
-        let mut reused = false;
+        let mut kept_alive = false;
         loop {
-            if reused {
-                stream = self.idle(stream, shutdown).await?;
+            if kept_alive && *shutdown.borrow() {
+                return None;
             }
-            let mut session = self.read_head(stream, &head).await?;
+            let mut session = self.read_head(stream, &head, kept_alive, shutdown).await?;
             self.handler.serve(&mut session).await;
             if *shutdown.borrow() {
                 session.set_keepalive(None);
@@ -112,7 +112,7 @@ impl<H: Handler> ServerApp for Listener<H> {
             // body the connection is kept for: a peer that does neither in time loses the connection.
             let finished = tokio::time::timeout(self.limits.header_timeout, session.finish()).await;
             stream = finished.ok()?.ok().flatten()?.into_parts().0;
-            reused = true;
+            kept_alive = true;
         }
     }
 }
@@ -138,32 +138,28 @@ impl<H: Handler> Listener<H> {
         Some(PeerSlot(Some((self.peers.clone(), ip))))
     }
 
-    /// Waits on a kept-alive connection for the first byte of its next request (peeked, so the head
-    /// parser still reads it): `None` when the peer closes, the idle allowance passes, or the server
-    /// shuts down.
-    async fn idle(&self, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let mut shutdown = shutdown.clone();
-        if *shutdown.borrow() {
-            return None;
-        }
-        let mut first = [0u8; 1];
-        tokio::select! {
-            peeked = tokio::time::timeout(self.limits.keepalive, stream.try_peek(&mut first)) => {
-                matches!(peeked, Ok(Ok(true))).then_some(stream)
-            }
-            _ = shutdown.changed() => None,
-        }
-    }
-
-    /// Reads one request head within `header_timeout`; `None` when the peer closed, the deadline passed or
-    /// the head was refused. A malformed head is answered 400 and one over the size bound 431, both with
-    /// the connection closed.
-    async fn read_head(&self, stream: Stream, head: &HeadState) -> Option<ServerSession> {
+    /// Reads one request head; `None` when the peer closed, a deadline passed, the server shuts down while
+    /// the connection idles, or the head was refused. A malformed head is answered 400 and one over the
+    /// size bound 431, both with the connection closed.
+    async fn read_head(
+        &self,
+        stream: Stream,
+        head: &HeadState,
+        kept_alive: bool,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ServerSession> {
         let mut session = ServerSession::new_http1(stream);
         head.begin();
-        let read = tokio::time::timeout(self.limits.header_timeout, session.read_request()).await;
+        let read = self
+            .within_deadlines(session.read_request(), head, kept_alive, shutdown)
+            .await;
         let over_size = head.over_limit(self.limits.max_header_bytes);
         head.end();
+        let read = match read {
+            Ok(read) => Ok(read),
+            Err(Missed::Idle) => return None,
+            Err(Missed::Head) => Err(()),
+        };
         match read {
             Ok(Ok(true)) => Some(session),
             Ok(Ok(false)) => None,
@@ -183,6 +179,44 @@ impl<H: Handler> Listener<H> {
                 None
             }
         }
+    }
+}
+
+/// Which deadline a request head missed.
+enum Missed {
+    /// A kept-alive connection stayed idle for `keepalive` (or the server began to shut down): closed
+    /// quietly, as any idle connection.
+    Idle,
+    /// The head did not arrive whole within `header_timeout`.
+    Head,
+}
+
+impl<H> Listener<H> {
+    /// Runs `read` (reading a request head) within the listener's deadlines: a new connection's head within
+    /// `header_timeout` of the accept; a kept-alive connection may idle for `keepalive`, and its next head
+    /// then has `header_timeout` from its first byte. The idle wait reads nothing ahead (no peek): the
+    /// head's own read is what waits, so a request costs no extra system call.
+    async fn within_deadlines<F: Future>(
+        &self,
+        read: F,
+        head: &HeadState,
+        kept_alive: bool,
+        shutdown: &ShutdownWatch,
+    ) -> Result<F::Output, Missed> {
+        let mut read = std::pin::pin!(read);
+        if kept_alive {
+            let first_byte = head.first_byte();
+            let mut shutdown = shutdown.clone();
+            tokio::select! {
+                done = &mut read => return Ok(done),
+                () = first_byte => {}
+                _ = tokio::time::sleep(self.limits.keepalive) => return Err(Missed::Idle),
+                _ = shutdown.changed() => return Err(Missed::Idle),
+            }
+        }
+        tokio::time::timeout(self.limits.header_timeout, read)
+            .await
+            .map_err(|_| Missed::Head)
     }
 }
 
