@@ -7,10 +7,14 @@
 //! is refused, since Pingora's URI parser would route it as `/` while the app sees the raw text.
 //!
 //! Routers differ: some percent-decode before routing, some match case-insensitively, most merge `//`
-//! and resolve `.` and `..`, Java servlets drop `;parameters`. The canonical form applies all of these,
-//! and a path that is a webhook path under any of them is one. A path whose meaning depends on the router
-//! (an encoded `/` or `\`, double encoding, a control character, `..` above the root, bad
-//! percent-encoding) is ambiguous and refused with 400.
+//! and resolve `.` and `..`, Java servlets drop `;parameters`, many match a route by plain string prefix
+//! (`/webhooksx`, `/webhooks.json`: Rails' `(.:format)`, the JDK's HTTP server, `startswith`), and a
+//! front controller routes on what follows its script (`/index.php/webhooks`: PHP's `PATH_INFO`). The
+//! canonical form applies all of these, and a path that is a webhook path under any of them is one. A
+//! path whose meaning depends on the router is ambiguous and refused with 400: an encoded `/`, `\`, `?`
+//! or `#`, double encoding, a control character, `..` above the root, bad percent-encoding, a character
+//! whose case folds to ASCII (`ſ`, the Kelvin sign), or a leading `//`, which a URL parser (WHATWG's, as
+//! in Node's `new URL`, or the JDK's) reads as an authority followed by a path.
 
 /// A request target in a form the sidecar serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,13 +79,17 @@ const MAX_PATH: usize = 8 * 1024;
 
 /// Routes `path` (the request target's path, still percent-encoded) against the webhook `prefixes`.
 pub fn route(path: &str, prefixes: &[String]) -> Route {
+    if path.starts_with("//") {
+        return Route::Ambiguous;
+    }
     let Some(canonical) = canonical(path) else {
         return Route::Ambiguous;
     };
-    if prefixes
-        .iter()
-        .any(|prefix| under(&canonical, &prefix.to_lowercase()))
-    {
+    if after_scripts(&canonical).any(|p| {
+        prefixes
+            .iter()
+            .any(|prefix| under(p, &prefix.to_lowercase()))
+    }) {
         return Route::Webhook;
     }
     // A router that applies only some of the canonical form's readings, or applies them in another
@@ -91,6 +99,11 @@ pub fn route(path: &str, prefixes: &[String]) -> Route {
         && !path
             .bytes()
             .any(|b| matches!(b, b'%' | b';' | b'.' | b'A'..=b'Z' | 0x80..));
+    // Past this, a path with something to read differently is refused rather than read every way.
+    const MAX_READ_EVERY_WAY: usize = 2048;
+    if !plain && path.len() > MAX_READ_EVERY_WAY {
+        return Route::Ambiguous;
+    }
     let partly = || {
         partial_readings(path)
             .iter()
@@ -103,20 +116,32 @@ pub fn route(path: &str, prefixes: &[String]) -> Route {
     }
 }
 
-/// Whether `path` is `prefix` or below it.
+/// Whether a router matching by string prefix finds `prefix` in `path` (`/webhooks` matches
+/// `/webhooks/x`, and also `/webhooksx` and `/webhooks.json`).
 fn under(path: &str, prefix: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    path == prefix
-        || path
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with('/'))
-        || (prefix.is_empty() && path == "/")
+    path.starts_with(prefix.trim_end_matches('/'))
+}
+
+/// `path`, and what follows each segment that names a file (`/index.php/webhooks` gives `/webhooks`):
+/// the path a front controller routes on.
+fn after_scripts(path: &str) -> impl Iterator<Item = &str> {
+    let cuts = path
+        .match_indices('/')
+        .skip(1)
+        .filter(|(i, _)| {
+            let before = &path[..*i];
+            let segment = &before[before.rfind('/').map_or(0, |j| j + 1)..];
+            segment.contains('.')
+        })
+        .map(|(i, _)| &path[i..]);
+    std::iter::once(path).chain(cuts)
 }
 
 /// `path` under every sequence of distinct readings an app router may apply: percent-decoding,
-/// lowercasing, removing dot segments (merging empty ones), dropping `;` parameters.
+/// lowercasing, removing dot segments (merging empty ones), dropping `;` parameters, reading a leading
+/// `//` as an authority, and routing on what follows a script segment (`PATH_INFO`).
 fn partial_readings(path: &str) -> Vec<String> {
-    let readings: [fn(&str) -> String; 4] = [
+    let readings: [fn(&str) -> String; 6] = [
         |p| {
             let mut out = Vec::with_capacity(p.len());
             let mut rest = p.as_bytes();
@@ -156,15 +181,25 @@ fn partial_readings(path: &str) -> Vec<String> {
                 .collect();
             segments.join("/")
         },
+        |p| match p.strip_prefix("//") {
+            Some(rest) => format!("/{}", rest.split_once('/').map_or("", |(_, path)| path)),
+            None => p.to_string(),
+        },
+        |p| after_scripts(p).nth(1).unwrap_or(p).to_string(),
     ];
+    // Readings often agree: each (path, readings used) is expanded once.
+    let mut seen = std::collections::HashSet::new();
     let mut out = vec![path.to_string()];
     let mut pending = vec![(path.to_string(), 0u8)];
     while let Some((p, used)) = pending.pop() {
         for (i, read) in readings.iter().enumerate() {
             if used & (1 << i) == 0 {
                 let next = read(&p);
-                out.push(next.clone());
-                pending.push((next, used | (1 << i)));
+                let key = (next.clone(), used | (1 << i));
+                if seen.insert(key.clone()) {
+                    out.push(next);
+                    pending.push(key);
+                }
             }
         }
     }
@@ -202,8 +237,8 @@ fn decode(raw: &str) -> Option<String> {
         if b == b'%' {
             let hex = bytes.get(i + 1..i + 3)?;
             let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-            // A separator, an escape or a parameter that only exists once decoded.
-            if matches!(v, b'/' | b'\\' | b'%' | b';') {
+            // A separator, an escape, a parameter, a query or a fragment that only exists once decoded.
+            if matches!(v, b'/' | b'\\' | b'%' | b';' | b'?' | b'#') {
                 return None;
             }
             out.push(v);
@@ -214,10 +249,17 @@ fn decode(raw: &str) -> Option<String> {
         }
     }
     let text = String::from_utf8(out).ok()?;
-    if text.chars().any(char::is_control) {
+    if text.chars().any(|c| c.is_control() || folds_to_ascii(c)) {
         return None;
     }
     Some(text)
+}
+
+/// A character beyond ASCII that a case-insensitive comparison may take for an ASCII one (`ſ` is `S`
+/// upper-cased, the Kelvin sign `k` lower-cased): Java's `equalsIgnoreCase`, Python's `casefold`.
+fn folds_to_ascii(c: char) -> bool {
+    !c.is_ascii()
+        && (c.to_lowercase().any(|l| l.is_ascii()) || c.to_uppercase().any(|u| u.is_ascii()))
 }
 
 #[cfg(test)]
@@ -237,8 +279,12 @@ mod tests {
             "/%77ebhooks",
             "/WEBHOOKS",
             "/WebHooks/orders",
-            "//webhooks",
             "/webhooks;x=1",
+            "/webhooksx",
+            "/webhooks.json",
+            "/webhooks.",
+            "/index.php/webhooks",
+            "/app.php/WebHooks/orders",
             "/webhooks;jsessionid=1/orders",
             "/a/../webhooks",
             "/./webhooks",
@@ -252,7 +298,14 @@ mod tests {
 
     #[test]
     fn other_paths_stay_other_paths() {
-        for p in ["/", "/webhooksx", "/health", "/api/webhooks", "/web/hooks"] {
+        for p in [
+            "/",
+            "/webhook",
+            "/health",
+            "/api/webhooks",
+            "/web/hooks",
+            "/a/b/webhooks",
+        ] {
             assert_eq!(route(p, &hooks()), Route::Other, "{p}");
         }
     }
@@ -275,6 +328,13 @@ mod tests {
             "/webhooks%7",
             "/%ff%fe",
             "webhooks",
+            "//webhooks",
+            "//h/webhooks",
+            "/webhooks%3Fx=1",
+            "/webhooks%23frag",
+            "/webhook%C5%BF",
+            "/webhoo%E2%84%AAs",
+            "/x%C5%BF",
         ] {
             assert_eq!(route(p, &hooks()), Route::Ambiguous, "{p}");
         }
@@ -365,8 +425,34 @@ mod tests {
                 .join("/")
         }
 
-        pub const ALL: [fn(&str) -> String; 4] =
-            [decoded, lowercased, without_dot_segments, without_params];
+        /// A URL parser reading a leading `//` as the start of an authority (WHATWG, the JDK).
+        pub fn authority_read(p: &str) -> String {
+            match p.strip_prefix("//") {
+                Some(rest) => format!("/{}", rest.split_once('/').map_or("", |(_, path)| path)),
+                None => p.to_string(),
+            }
+        }
+
+        /// A front controller: what follows the first segment that names a file (`PATH_INFO`).
+        pub fn path_info(p: &str) -> String {
+            let mut at = 0;
+            for (i, seg) in p.split('/').enumerate().skip(1) {
+                at += 1 + seg.len();
+                if seg.contains('.') && i > 0 {
+                    return p[at..].to_string();
+                }
+            }
+            p.to_string()
+        }
+
+        pub const ALL: [fn(&str) -> String; 6] = [
+            decoded,
+            lowercased,
+            without_dot_segments,
+            without_params,
+            authority_read,
+            path_info,
+        ];
 
         /// Every sequence of distinct readings (the empty one is the path as sent).
         pub fn every(p: &str) -> Vec<String> {
@@ -387,15 +473,16 @@ mod tests {
             seen
         }
 
+        /// As a router matching by string prefix reads it (the widest common match).
         pub fn names_a_webhook_path(p: &str) -> bool {
-            p == "/webhooks" || p.starts_with("/webhooks/")
+            p.starts_with("/webhooks")
         }
     }
 
     #[test]
     fn a_target_reaches_the_app_as_a_webhook_path_only_when_it_was_routed_as_one() {
         use proptest::test_runner::{Config, TestRunner};
-        const TOKENS: [&str; 32] = [
+        const TOKENS: [&str; 40] = [
             "/",
             "//",
             "webhooks",
@@ -428,6 +515,14 @@ mod tests {
             "%00",
             "%57",
             "%",
+            "index.php",
+            ".json",
+            "x",
+            "//h",
+            "%3f",
+            "%23",
+            "%C5%BF",
+            "%E2%84%AA",
         ];
         // Mostly targets that start as a path does, so that every verdict is reached often.
         let start = proptest::prop_oneof![
@@ -441,7 +536,7 @@ mod tests {
             proptest::collection::vec(proptest::sample::select(&TOKENS[..]), 0..7),
         );
         let mut runner = TestRunner::new(Config {
-            cases: 20_000,
+            cases: 8_000,
             ..Config::default()
         });
         let (mut refused, mut webhook, mut other_checked) = (0, 0, 0);
@@ -474,7 +569,7 @@ mod tests {
             .unwrap();
         // Each kind of verdict must have been reached often, or the property says little.
         assert!(
-            refused > 1_000 && webhook > 1_000 && other_checked > 1_000,
+            refused > 500 && webhook > 500 && other_checked > 500,
             "refused {refused}, webhook {webhook}, other {other_checked}"
         );
     }

@@ -48,6 +48,38 @@ async fn every_request_target_but_origin_and_absolute_form_is_refused_on_every_o
     assert_eq!(app.count(), 0, "no such target reached the app");
 }
 
+/// Paths that common app routers send to the webhook handler, though no canonical reading of the old
+/// sidecar named a webhook path: a leading `//` read as an authority (Node's `new URL`, the JDK), a front
+/// controller's `PATH_INFO`, string-prefix matching and format suffixes, a query or fragment separator
+/// that only exists once decoded, and a character whose case folds to ASCII.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_an_app_router_reads_as_a_webhook_path_never_reaches_it_unverified() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, FORWARD).await;
+    for target in [
+        "//h/webhooks",
+        "//webhooks",
+        "/index.php/webhooks",
+        "/app.php/WebHooks/orders",
+        "/webhooksx",
+        "/webhooks.json",
+        "/webhooks.",
+        "/webhooks%3Fx=1",
+        "/webhooks%23frag",
+        "/webhook%C5%BF",
+        "/webhoo%E2%84%AAs",
+    ] {
+        let status = status_of(&raw(sidecar.addr, &unsigned(target)).await);
+        assert!(matches!(status, Some(400 | 403)), "{target}: {status:?}");
+    }
+    assert_eq!(app.count(), 0, "none reached the app");
+    // A signed delivery through a front controller is a delivery like any other.
+    let mut d = Delivery::json();
+    d.path = "/index.php/webhooks".into();
+    assert_eq!(sidecar.send(&d).await.status, 200);
+    assert_eq!(app.requests()[0].exact("X-Pps-Verified"), Some("hmac"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absolute_form_delivery_is_verified_and_reaches_the_app_in_origin_form() {
     let app = TestApp::start().await;

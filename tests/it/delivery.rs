@@ -366,7 +366,7 @@ async fn authentication_comes_before_header_rules() {
 async fn other_paths_get_404_by_default() {
     let app = TestApp::start().await;
     let sidecar = Sidecar::start(&app, "").await;
-    for path in ["/", "/admin", "/webhooksx", "/healthz", "/metrics"] {
+    for path in ["/", "/admin", "/webhook", "/healthz", "/metrics"] {
         let mut d = Delivery::json();
         d.path = path.into();
         assert_eq!(sidecar.send(&d).await.status, 404, "{path}");
