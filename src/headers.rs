@@ -1,8 +1,9 @@
 //! The names of the headers the sidecar reads, writes or guards: one list each, used everywhere.
 //!
 //! Apps read header names in more than one spelling: CGI, WSGI, Rack and PHP turn `X_Pps_Verified` into
-//! the same variable as `X-Pps-Verified`, and any case is the same name. So a name is compared by its
-//! [`spelled`] form (lowercase, `_` as `-`), and a header guarded under one spelling is guarded under all.
+//! the same variable as `X-Pps-Verified`, PHP turns `X.Pps.Verified` into it too, and any case is the
+//! same name. So a name is compared by its [`spelled`] form (lowercase, `_` and `.` as `-`), and a header
+//! guarded under one spelling is guarded under all.
 
 use std::borrow::Cow;
 
@@ -39,10 +40,11 @@ pub const TRUSTED: [&str; 6] = [
 /// sender's copies, in any spelling, are dropped from a delivery.
 pub const IDENTITY: [&str; 5] = [TOPIC, SUB_TOPIC, TENANT_ID, WEBHOOK_ID, TRIGGERED_AT];
 
-/// A lowercase header name as CGI, WSGI and Rack apps read it: `x_pps_verified` is `x-pps-verified` to them.
+/// A lowercase header name as CGI, WSGI, Rack and PHP apps read it: `x_pps_verified` and
+/// `x.pps.verified` are `x-pps-verified` to them (PHP's variable names turn `.` into `_` as well).
 pub fn spelled(lowercase: &str) -> Cow<'_, str> {
-    if lowercase.contains('_') {
-        lowercase.replace('_', "-").into()
+    if lowercase.contains(['_', '.']) {
+        lowercase.replace(['_', '.'], "-").into()
     } else {
         lowercase.into()
     }
@@ -59,7 +61,13 @@ mod tests {
 
     #[test]
     fn a_name_is_guarded_in_every_spelling() {
-        for sent in ["X_Pps_Verified", "x-pps_verified", "X-PPS-VERIFIED"] {
+        for sent in [
+            "X_Pps_Verified",
+            "x-pps_verified",
+            "X-PPS-VERIFIED",
+            "X.Pps.Verified",
+            "x.pps_verified",
+        ] {
             let lower = sent.to_ascii_lowercase();
             assert!(is_one_of(&spelled(&lower), &TRUSTED), "{sent}");
         }

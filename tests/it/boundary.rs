@@ -352,6 +352,58 @@ async fn credentials_never_reach_the_app_in_any_spelling() {
     }
 }
 
+/// PHP registers `X.Pps.Jwt.Subject` as `HTTP_X_PPS_JWT_SUBJECT`, the variable of `X-Pps-Jwt-Subject`:
+/// a trust header or a credential in a dotted spelling is the same header to such an app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_headers_in_a_dotted_spelling_never_reach_the_app() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, FORWARD).await;
+    let sig = Delivery::json()
+        .header("X-Pps-Hmac-Sha256")
+        .unwrap()
+        .to_string();
+    let spoofed = [
+        ("X.Pps.Jwt.Subject", "admin@pitchpoint"),
+        ("X.Pps.Jwt.Issuer", "https://evil.example"),
+        ("X.Pps.Replayed", "true"),
+        ("X.Pps.Duplicate", "true"),
+        ("X.Pps.Verified", "jwt"),
+        ("X.Pps.Triggered.At.Original", "forged"),
+        ("X.Pps.Hmac.Sha256", &sig),
+    ];
+    let mut d = Delivery::json();
+    for (name, value) in spoofed {
+        d = d.add(name, value);
+    }
+    assert_eq!(sidecar.send(&d).await.status, 200);
+    let mut other = String::from("POST /orders HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n");
+    for (name, value) in spoofed {
+        other.push_str(&format!("{name}: {value}\r\n"));
+    }
+    other.push_str("\r\n");
+    assert_eq!(send(sidecar.addr, other.as_bytes()).await.status, 200);
+    assert_eq!(app.count(), 2);
+    for got in app.requests() {
+        for (name, value) in &got.headers {
+            let php = name.to_ascii_uppercase().replace(['-', '.'], "_");
+            let sidecar_wrote = php == "X_PPS_VERIFIED"
+                && ["hmac", "none"].contains(&value.as_str())
+                || php == "X_PPS_TRIGGERED_AT_ORIGINAL" && value != "forged";
+            // Pass-through keeps credentials: they are the app's own business on its other paths.
+            let kept_credential = got.path == "/orders" && php == "X_PPS_HMAC_SHA256";
+            assert!(
+                !spoofed
+                    .iter()
+                    .any(|(n, _)| n.to_ascii_uppercase().replace('.', "_") == php)
+                    || sidecar_wrote
+                    || kept_credential,
+                "{} {name}: {value}",
+                got.path
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_through_request_id_outside_the_safe_set_is_replaced_as_on_deliveries() {
     let app = TestApp::start().await;
