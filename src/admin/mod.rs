@@ -28,12 +28,14 @@ use crate::state::Shared;
 /// hundred bytes. A connection that sends nothing costs a few KiB until `header_timeout` closes it, so
 /// the bound on connections is generous, and one peer may hold only a few of them: a pod that floods
 /// this port cannot take the kubelet's probes away (a failed liveness probe would restart the sidecar
-/// and lose its dedup cache).
+/// and lose its dedup cache). No keep-alive (`keepalive` zero): every answer closes its connection, so a
+/// slot is held only while a head arrives, never by an idle connection touched now and then (the
+/// kubelet opens a connection per probe anyway, and a scrape every few seconds pays one handshake).
 pub const LIMITS: ConnectionLimits = ConnectionLimits {
     max_connections: 512,
     max_per_peer: Some(16),
     header_timeout: Duration::from_secs(5),
-    keepalive: Duration::from_secs(30),
+    keepalive: Duration::ZERO,
     max_header_bytes: 8 * 1024,
 };
 

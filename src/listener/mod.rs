@@ -104,6 +104,9 @@ impl<H: Handler> ServerApp for Listener<H> {
                 return None;
             }
             let mut session = self.read_head(stream, &head, kept_alive, shutdown).await?;
+            if self.limits.keepalive.is_zero() {
+                session.set_keepalive(None);
+            }
             self.handler.serve(&mut session).await;
             if *shutdown.borrow() {
                 session.set_keepalive(None);

@@ -60,7 +60,11 @@ pub fn run(config: Config) -> ! {
             false,
         ),
     );
-    admin.add_tcp(&admin_listen);
+    // No read buffer under Pingora's own here either (see `webhook_service`): with it, each of the admin
+    // listener's 512 allowed connections held 64 KiB.
+    admin.add_listener(
+        ListenerConfig::tcp(admin_listen.clone()).l4_buffer(L4BufferSettings::default().read(0)),
+    );
     admin.threads = Some(1);
     let reloader = Reloader {
         shared: shared.clone(),

@@ -229,6 +229,48 @@ async fn one_peer_cannot_take_every_admin_connection_from_the_kubelet() {
     assert_eq!(status_of(&answer[..n]), Some(200));
 }
 
+/// 33 peers of 16 connections each could hold all 512 admin slots by sending a probe now and then on
+/// kept-alive connections. The admin listener keeps no connection alive: each is closed once answered,
+/// and the kubelet's next probe finds a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_admin_connections_from_many_peers_never_keep_the_kubelet_out() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let mut held = Vec::new();
+    for peer in 1..=40u8 {
+        for _ in 0..16 {
+            if let Some(mut s) = connect_from([127, 0, 1, peer], sidecar.admin).await {
+                let _ = s
+                    .write_all(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
+                    .await;
+                held.push(s);
+            }
+        }
+    }
+    let mut answered_and_closed = 0;
+    for s in &mut held {
+        let mut answer = Vec::new();
+        if let Ok(Ok(_)) = tokio::time::timeout(PATIENCE, s.read_to_end(&mut answer)).await {
+            answered_and_closed += usize::from(status_of(&answer) == Some(200));
+        }
+    }
+    assert!(
+        answered_and_closed >= 500,
+        "{answered_and_closed} answered and closed"
+    );
+    let mut probe = connect_from([127, 0, 0, 99], sidecar.admin).await.unwrap();
+    probe
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, probe.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status_of(&answer), Some(200));
+}
+
 /// The app answers 200 with 8 MB to a sender that does not read: the sender's relay budget runs out,
 /// but the app's whole 2xx arrived, so the event is acknowledged and Pitchpoint's retry is a duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
