@@ -44,7 +44,7 @@ pub async fn read(rq: &mut Request<'_>, declared: Option<u64>) -> Result<Buffere
             bytes: bytes?,
             _held: held,
         }),
-        Err(_) => Err(Reply::new(408, Outcome::Timeout, "request timeout\n").close()),
+        Err(_) => Err(too_slow()),
     }
 }
 
@@ -114,4 +114,9 @@ pub async fn continue_if_expected(session: &mut ServerSession) -> Result<(), Rep
 /// The body could not be read whole: the sender sees the connection closed, or this.
 fn broken() -> Reply {
     Reply::bad_request("bad request\n")
+}
+
+/// 408: the body did not arrive whole within `server.body_timeout_ms`.
+pub fn too_slow() -> Reply {
+    Reply::new(408, Outcome::Timeout, "request timeout\n").close()
 }

@@ -127,7 +127,7 @@ async fn route(rq: &mut Request<'_>) -> Ended {
         return rq
             .stop(
                 Ended::claimed(None),
-                Reply::bad_request("bad request: transfer-encoding\n"),
+                Reply::bad_request("bad request: body framing\n"),
             )
             .await;
     }
@@ -147,15 +147,26 @@ async fn route(rq: &mut Request<'_>) -> Ended {
     }
 }
 
-/// A body framed by a length, or by one lone `chunked` coding: any other transfer coding would reach the
-/// app decoded differently from what was verified, or not at all.
+/// A body framed by one plain length, or by one lone `chunked` coding: any other transfer coding would
+/// reach the app decoded differently from what was verified, or not at all; and a length Pingora reads
+/// leniently (`4, 4`) is one the sidecar's own framing would not pass on.
 fn plain_framing(req: &RequestHeader) -> bool {
-    let mut codings = req.headers.get_all(http::header::TRANSFER_ENCODING).iter();
-    match (codings.next(), codings.next()) {
+    let mut lengths = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let one_plain_length = match (lengths.next(), lengths.next()) {
         (None, _) => true,
-        (Some(v), None) => v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
+        (Some(v), None) => {
+            let v = v.as_bytes().trim_ascii();
+            !v.is_empty() && v.iter().all(u8::is_ascii_digit)
+        }
         _ => false,
-    }
+    };
+    let mut codings = req.headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    one_plain_length
+        && match (codings.next(), codings.next()) {
+            (None, _) => true,
+            (Some(v), None) => v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
+            _ => false,
+        }
 }
 
 fn client_ip(session: &ServerSession) -> Option<IpAddr> {

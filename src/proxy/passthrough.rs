@@ -2,8 +2,10 @@
 //! streamed both ways, on a connection of its own (`upstream::outgoing`). It is told `X-Pps-Verified:
 //! none`, loses every trust header, and changes nothing a delivery relies on (no claim, no spool).
 //!
-//! Pass-through is the app's own traffic, not a delivery: its body is streamed, never buffered, each wait
-//! bounded by `body_timeout` (sender) and `read_timeout` (app).
+//! Pass-through is the app's own traffic, not a delivery: its body is streamed, never buffered. The whole
+//! body must arrive within `body_timeout`, as a delivery's must (`408` otherwise: a body trickled a byte
+//! at a time would hold a connection to the app, and an app worker, for as long as the sender liked);
+//! each wait on the app is bounded by `read_timeout`.
 
 use std::time::Instant;
 
@@ -42,9 +44,11 @@ pub async fn forward(rq: &mut Request<'_>, target: Target<'_>) -> Ended {
         }
         match send_body(rq, &mut out, framing).await {
             Ok(()) => {}
-            Err(Some(f)) => return rq.stop(ended, Reply::app_failed(f)).await,
-            // The sender's body broke: the app has a cut request, the sender a closed connection.
-            Err(None) => return rq.stop(ended, Reply::bad_request("bad request\n")).await,
+            Err(Cut::App(f)) => return rq.stop(ended, Reply::app_failed(f)).await,
+            // The sender's body broke or was too slow: the app has a cut request, the sender a closed
+            // connection.
+            Err(Cut::Sender) => return rq.stop(ended, Reply::bad_request("bad request\n")).await,
+            Err(Cut::TooSlow) => return rq.stop(ended, super::body::too_slow()).await,
         }
     }
     let exchange = match out.answer().await {
@@ -75,19 +79,28 @@ fn framing(rq: &mut Request<'_>) -> BodyFraming {
         .map_or(BodyFraming::None, BodyFraming::Length)
 }
 
-/// Streams the sender's body to the app until its end or until the app answers. `Err(None)`: the
-/// sender's body broke or stalled; `Err(Some(_))`: the app's side did.
+/// Why a pass-through body did not reach the app whole.
+enum Cut {
+    /// The sender's body broke (bad framing, a closed connection).
+    Sender,
+    /// It did not arrive whole within `body_timeout`.
+    TooSlow,
+    App(AppFailure),
+}
+
+/// Streams the sender's body to the app until its end or until the app answers, within one deadline.
 async fn send_body(
     rq: &mut Request<'_>,
     out: &mut Outgoing,
     framing: BodyFraming,
-) -> Result<(), Option<AppFailure>> {
-    let limit = rq.live.config.server.body_timeout;
+) -> Result<(), Cut> {
+    let deadline = tokio::time::Instant::now() + rq.live.config.server.body_timeout;
     loop {
-        let read = tokio::time::timeout(limit, rq.session.read_request_body()).await;
+        let read = tokio::time::timeout_at(deadline, rq.session.read_request_body()).await;
         let piece = match read {
             Ok(Ok(piece)) => piece,
-            _ => return Err(None),
+            Ok(Err(_)) => return Err(Cut::Sender),
+            Err(_) => return Err(Cut::TooSlow),
         };
         let (wire, last) = match (framing, piece) {
             (BodyFraming::Chunked, Some(data)) if data.is_empty() => continue,
@@ -96,7 +109,7 @@ async fn send_body(
             (_, Some(data)) => (data, false),
             (_, None) => return Ok(()),
         };
-        match out.body(&wire).await.map_err(Some)? {
+        match out.body(&wire).await.map_err(Cut::App)? {
             Progress::Answered => return Ok(()),
             Progress::Taken if last => return Ok(()),
             Progress::Taken => {}

@@ -271,6 +271,53 @@ async fn idle_admin_connections_from_many_peers_never_keep_the_kubelet_out() {
     assert_eq!(status_of(&answer), Some(200));
 }
 
+/// A pass-through body trickled a byte at a time held a connection to the app (and an app worker) with
+/// no end: the whole body has `body_timeout`, as a delivery's has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_pass_through_body_is_cut_at_the_body_deadline() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(
+        &app,
+        &format!("{FORWARD}[server]\nbody_timeout_ms = 1000\n"),
+    )
+    .await;
+    let mut s = TcpStream::connect(sidecar.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let trickle = async {
+        // Each byte well within the deadline of one read, the whole far past the body's.
+        for _ in 0..100 {
+            if s.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if s.peek(&mut [0u8; 1]).await.is_ok_and(|n| n > 0) {
+                break;
+            }
+        }
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer).await;
+        answer
+    };
+    let answer = tokio::time::timeout(PATIENCE, trickle)
+        .await
+        .expect("cut in time");
+    assert_eq!(status_of(&answer), Some(408));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_length_read_leniently_is_refused_not_dropped() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, FORWARD).await;
+    for target in ["/orders", "/webhooks"] {
+        let req = format!("POST {target} HTTP/1.1\r\nHost: h\r\nContent-Length: 4, 4\r\n\r\nabcd");
+        let answer = raw(sidecar.addr, req.as_bytes()).await;
+        assert_eq!(status_of(&answer), Some(400), "{target}");
+    }
+    assert_eq!(app.count(), 0);
+}
+
 /// The app answers 200 with 8 MB to a sender that does not read: the sender's relay budget runs out,
 /// but the app's whole 2xx arrived, so the event is acknowledged and Pitchpoint's retry is a duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
