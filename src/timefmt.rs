@@ -65,6 +65,13 @@ pub fn parse_lenient(input: &str) -> Option<Timestamp> {
     })
 }
 
+/// Formats as RFC 3339 UTC, or `None` when the instant's UTC year has not four digits (an offset can carry
+/// `9999-12-31T23:59:59-23:59` into year 10000), which RFC 3339 cannot write.
+pub fn to_rfc3339(ts: &Timestamp) -> Option<String> {
+    let (y, _, _) = civil_from_days(ts.unix.div_euclid(86_400));
+    (0..=9999).contains(&y).then(|| format_rfc3339(ts))
+}
+
 /// Formats as `YYYY-MM-DDTHH:MM:SS[.f]Z`.
 pub fn format_rfc3339(ts: &Timestamp) -> String {
     let days = ts.unix.div_euclid(86_400);
@@ -182,6 +189,16 @@ mod tests {
 
     fn canon(s: &str) -> Option<String> {
         parse_lenient(s).map(|t| format_rfc3339(&t))
+    }
+
+    #[test]
+    fn an_instant_past_year_9999_in_utc_has_no_rfc3339_form() {
+        let late = parse_lenient("9999-12-31T23:59:59-23:59").unwrap();
+        assert_eq!(to_rfc3339(&late), None);
+        let last = parse_lenient("9999-12-31T23:59:59Z").unwrap();
+        assert_eq!(to_rfc3339(&last).as_deref(), Some("9999-12-31T23:59:59Z"));
+        let early = parse_lenient("0000-01-01T00:00:00+00:01").unwrap();
+        assert_eq!(to_rfc3339(&early), None);
     }
 
     #[test]

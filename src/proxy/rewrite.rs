@@ -175,18 +175,16 @@ impl Copied<'_> {
     }
 }
 
-/// `X-Pps-Triggered-At` as RFC 3339 UTC with the value as sent in `-Original` when it parses; as sent
-/// otherwise (never a reason to refuse a delivery).
+/// `X-Pps-Triggered-At` as RFC 3339 UTC with the value as sent in `-Original` when it parses into a
+/// four-digit UTC year; as sent otherwise (never a reason to refuse a delivery).
 fn triggered_at(w: &mut HeadWriter, raw: &[u8]) {
-    let parsed = std::str::from_utf8(raw)
+    let rewritten = std::str::from_utf8(raw)
         .ok()
-        .and_then(timefmt::parse_lenient);
-    match parsed {
-        Some(ts) => {
-            w.header(
-                headers::TRIGGERED_AT.as_bytes(),
-                timefmt::format_rfc3339(&ts).as_bytes(),
-            );
+        .and_then(timefmt::parse_lenient)
+        .and_then(|ts| timefmt::to_rfc3339(&ts));
+    match rewritten {
+        Some(utc) => {
+            w.header(headers::TRIGGERED_AT.as_bytes(), utc.as_bytes());
             w.header(headers::TRIGGERED_AT_ORIGINAL.as_bytes(), raw);
         }
         None => {

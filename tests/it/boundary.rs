@@ -318,6 +318,18 @@ async fn a_content_length_read_leniently_is_refused_not_dropped() {
     assert_eq!(app.count(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triggered_at_past_year_9999_in_utc_goes_as_sent() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let late = "9999-12-31T23:59:59-23:59";
+    let d = Delivery::json().set("X-Pps-Triggered-At", Some(late));
+    assert_eq!(sidecar.send(&d).await.status, 200);
+    let got = &app.requests()[0];
+    assert_eq!(got.exact("X-Pps-Triggered-At"), Some(late));
+    assert_eq!(got.get("X-Pps-Triggered-At-Original"), None);
+}
+
 /// The app answers 200 with 8 MB to a sender that does not read: the sender's relay budget runs out,
 /// but the app's whole 2xx arrived, so the event is acknowledged and Pitchpoint's retry is a duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
