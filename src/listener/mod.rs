@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora::ErrorType;
 use pingora::apps::ServerApp;
 use pingora::http::ResponseHeader;
@@ -99,11 +99,15 @@ impl<H: Handler> ServerApp for Listener<H> {
             self.limits.max_header_bytes,
         ));
         let mut kept_alive = false;
+        // Bytes of the next request read with the previous one (a pipelining client).
+        let mut pipelined = None;
         loop {
             if kept_alive && *shutdown.borrow() {
                 return None;
             }
-            let mut session = self.read_head(stream, &head, kept_alive, shutdown).await?;
+            let mut session = self
+                .read_head(stream, pipelined.take(), &head, kept_alive, shutdown)
+                .await?;
             if self.limits.keepalive.is_zero() {
                 session.set_keepalive(None);
             }
@@ -114,7 +118,7 @@ impl<H: Handler> ServerApp for Listener<H> {
             // Ending the request writes what is left of the answer's framing and reads what is left of a
             // body the connection is kept for: a peer that does neither in time loses the connection.
             let finished = tokio::time::timeout(self.limits.header_timeout, session.finish()).await;
-            stream = finished.ok()?.ok().flatten()?.into_parts().0;
+            (stream, pipelined) = finished.ok()?.ok().flatten()?.into_parts();
             kept_alive = true;
         }
     }
@@ -147,14 +151,23 @@ impl<H: Handler> Listener<H> {
     async fn read_head(
         &self,
         stream: Stream,
+        pipelined: Option<BytesMut>,
         head: &HeadState,
         kept_alive: bool,
         shutdown: &ShutdownWatch,
     ) -> Option<ServerSession> {
         let mut session = ServerSession::new_http1(stream);
+        // A request sent before the previous one was answered is read from what was read with that one,
+        // not lost with it (a pipelined request used to wait unanswered until the keep-alive timeout).
+        session.set_pipelining_enabled(true);
+        // A head that began to arrive with the previous request has its deadline from now.
+        let idle = kept_alive && pipelined.is_none();
+        if let Some(prefix) = pipelined {
+            session.set_pipelined_prefix(prefix);
+        }
         head.begin();
         let read = self
-            .within_deadlines(session.read_request(), head, kept_alive, shutdown)
+            .within_deadlines(session.read_request(), head, idle, shutdown)
             .await;
         let over_size = head.over_limit(self.limits.max_header_bytes);
         head.end();

@@ -330,6 +330,37 @@ async fn a_triggered_at_past_year_9999_in_utc_goes_as_sent() {
     assert_eq!(got.get("X-Pps-Triggered-At-Original"), None);
 }
 
+/// A request sent before the previous one was answered (pipelining) used to wait unanswered until the
+/// keep-alive timeout; both are answered in order now, deliveries included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_each_answered_in_order() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, FORWARD).await;
+    let (first, second) = (Delivery::json(), Delivery::json());
+    let mut wire = first.bytes();
+    wire.extend_from_slice(b"GET /health HTTP/1.1\r\nHost: h\r\n\r\n");
+    wire.extend_from_slice(&second.bytes());
+    wire.extend_from_slice(b"GET /last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    let mut s = TcpStream::connect(sidecar.addr).await.unwrap();
+    s.write_all(&wire).await.unwrap();
+    let mut answers = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut answers))
+        .await
+        .expect("every answer, then the close")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answers);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 4, "{text}");
+    let paths: Vec<String> = app.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/webhooks", "/health", "/webhooks", "/last"]);
+    let ids: Vec<Option<String>> = app
+        .requests()
+        .iter()
+        .map(|r| r.get("X-Pps-Webhook-Id").map(str::to_string))
+        .collect();
+    assert_eq!(ids[0].as_deref(), Some(first.id().as_str()));
+    assert_eq!(ids[2].as_deref(), Some(second.id().as_str()));
+}
+
 /// The app answers 200 with 8 MB to a sender that does not read: the sender's relay budget runs out,
 /// but the app's whole 2xx arrived, so the event is acknowledged and Pitchpoint's retry is a duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
