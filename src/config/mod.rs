@@ -465,11 +465,12 @@ mod tests {
     }
 
     #[test]
-    fn webhook_paths_match_on_segment_boundaries() {
+    fn webhook_paths_match_as_string_prefix_routers_match() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.webhooks.route("/webhooks"), Route::Webhook);
         assert_eq!(c.webhooks.route("/webhooks/orders"), Route::Webhook);
-        assert_eq!(c.webhooks.route("/webhooksx"), Route::Other);
+        assert_eq!(c.webhooks.route("/webhooksx"), Route::Webhook);
+        assert_eq!(c.webhooks.route("/webhook"), Route::Other);
         assert_eq!(c.webhooks.route("/"), Route::Other);
     }
 
