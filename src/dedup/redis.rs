@@ -29,12 +29,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
+use redis::aio::MultiplexedConnection;
 
+use super::connect::Connector;
 use super::memory::MemoryStore;
 use super::{Body, BodyDigest, DedupStore, Done, Held, Key, StoreClaim};
-use crate::config::RedisConfig;
+use crate::config::{OnStoreError, RedisConfig};
 use crate::metrics::{self, METRICS};
 
 /// After a failure, Redis is not asked again for this long: deliveries do not each pay the timeout.
@@ -76,12 +76,19 @@ pub struct RedisStore {
     /// Names this replica's claims in Redis: local tokens are only unique within one process.
     replica: u64,
     in_flight_ttl: Duration,
+    /// `Refuse`: a claim Redis cannot decide is answered `Unavailable` instead of forwarded on the local
+    /// claim alone.
+    on_error: OnStoreError,
 }
 
 /// What the process shares with the task that replays commits.
 struct Remote {
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    connector: Connector,
+    /// The connection in use; dropped on any failure, so that the next try connects again (for
+    /// Sentinel: asks the sentinels again, which is how a failover is followed).
+    conn: Mutex<Option<MultiplexedConnection>>,
+    /// One connection attempt at a time; each is bounded by the timeout.
+    connecting: tokio::sync::Mutex<()>,
     prefix: String,
     timeout: Duration,
     ttl: Duration,
@@ -166,9 +173,9 @@ impl RedisStore {
         local: MemoryStore,
     ) -> Self {
         let remote = Remote {
-            client: redis::Client::open(config.url.as_str())
-                .expect("the URL was validated with the configuration"),
-            conn: OnceCell::new(),
+            connector: Connector::new(config),
+            conn: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
             prefix: config.prefix.clone(),
             timeout: config.timeout,
             ttl,
@@ -183,6 +190,7 @@ impl RedisStore {
             local,
             replica: uuid::Uuid::new_v4().as_u64_pair().0,
             in_flight_ttl,
+            on_error: config.on_store_error,
         }
     }
 
@@ -231,10 +239,14 @@ impl RedisStore {
     /// One line for `/readyz`.
     pub fn status(&self) -> String {
         let h = self.remote.health.lock().unwrap_or_else(|e| e.into_inner());
-        match h.down_since {
-            None => "dedup: redis ok".into(),
-            Some(t) => format!(
+        match (h.down_since, self.on_error) {
+            (None, _) => "dedup: redis ok".into(),
+            (Some(t), OnStoreError::Local) => format!(
                 "dedup: redis unreachable for {:.0} s, using the local cache (deliveries flow, duplicates across replicas may reach the app)",
+                t.elapsed().as_secs_f64()
+            ),
+            (Some(t), OnStoreError::Refuse) => format!(
+                "dedup: redis unreachable for {:.0} s, deliveries answered 503 + Retry-After until it is back (on_store_error = \"refuse\")",
                 t.elapsed().as_secs_f64()
             ),
         }
@@ -260,8 +272,10 @@ impl DedupStore for RedisStore {
         let ttl_ms = self.in_flight_ttl.as_millis() as u64;
         let shared = loop {
             match self.remote.claim(&keys, &value, ttl_ms).await {
-                // Claimed in Redis, or Redis is unreachable: forwarded on the local claim alone.
-                Some(None) | None => return StoreClaim::Acquired(token),
+                Some(None) => return StoreClaim::Acquired(token),
+                // Redis cannot decide: forwarded on the local claim alone, or refused (strict mode).
+                None if self.on_error == OnStoreError::Refuse => break StoreClaim::Unavailable,
+                None => return StoreClaim::Acquired(token),
                 Some(Some(v)) if v == "b:" => break StoreClaim::ReplayedBody,
                 Some(Some(v)) => match parse(&v) {
                     Stored::Done(done) => break StoreClaim::Duplicate(done),
@@ -269,7 +283,11 @@ impl DedupStore for RedisStore {
                     Stored::InFlight => match self.wait_shared(&keys.event, deadline).await {
                         Some(Waited::Done(done)) => break StoreClaim::Duplicate(done),
                         Some(Waited::Freed) => continue,
-                        Some(Waited::Busy) | None => break StoreClaim::Busy,
+                        Some(Waited::Busy) => break StoreClaim::Busy,
+                        None if self.on_error == OnStoreError::Refuse => {
+                            break StoreClaim::Unavailable;
+                        }
+                        None => break StoreClaim::Busy,
                     },
                 },
             }
@@ -361,24 +379,36 @@ impl Remote {
         h.retry_at = None;
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, String> {
-        self.conn
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout))
-                    .set_number_of_retries(1);
-                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-            })
-            .await
-            .cloned()
-            .map_err(|e| e.to_string())
+    /// The connection in use, or a new one.
+    async fn conn(&self) -> Result<MultiplexedConnection, String> {
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        if self.retry_at().is_some() {
+            return Err("left alone after a failure".into());
+        }
+        let c = self.connector.connect().await?;
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+        Ok(c)
+    }
+
+    fn cached(&self) -> Option<MultiplexedConnection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Forgets the connection: a failed one may be dead, or to a master that is a replica now.
+    fn disconnect(&self) {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Runs one Redis operation within the timeout; `None` if it failed or Redis is left alone for now.
     async fn run<T, F, Fut>(&self, what: &str, op: F) -> Option<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         if self.retry_at().is_some() {
@@ -397,10 +427,12 @@ impl Remote {
                 Some(v)
             }
             Ok(Err(e)) => {
+                self.disconnect();
                 self.failed(what, &e.to_string());
                 None
             }
             Err(_) => {
+                self.disconnect();
                 self.failed(what, "timed out");
                 None
             }
