@@ -78,23 +78,43 @@ impl Connector {
         })
     }
 
-    /// Connects (for Sentinel: asks the sentinels for the master first) within the timeout.
-    pub async fn connect(&self) -> Result<MultiplexedConnection, String> {
+    pub fn sentinel(&self) -> bool {
+        matches!(self.target, RedisTarget::Sentinel { .. })
+    }
+
+    /// Connects (for Sentinel: asks the sentinels for the master first) within the timeout; also returns
+    /// where it connected.
+    pub async fn connect(&self) -> Result<(MultiplexedConnection, ConnectionAddr), String> {
         match tokio::time::timeout(self.timeout, self.connect_now()).await {
             Ok(r) => r,
             Err(_) => Err("connection timed out".into()),
         }
     }
 
-    async fn connect_now(&self) -> Result<MultiplexedConnection, String> {
-        let info = match &self.target {
-            RedisTarget::Server { url } => self.server(url)?,
+    /// Where Redis is now: for Sentinel, the master the sentinels name (checked with `ROLE`); `None` if
+    /// that cannot be told within the timeout.
+    pub async fn whereabouts(&self) -> Option<ConnectionAddr> {
+        let info = tokio::time::timeout(self.timeout, self.info())
+            .await
+            .ok()?
+            .ok()?;
+        Some(info.addr().clone())
+    }
+
+    async fn info(&self) -> Result<ConnectionInfo, String> {
+        match &self.target {
+            RedisTarget::Server { url } => self.server(url),
             RedisTarget::Sentinel {
                 sentinels,
                 master,
                 db,
-            } => self.master(sentinels, master, *db).await?,
-        };
+            } => self.master(sentinels, master, *db).await,
+        }
+    }
+
+    async fn connect_now(&self) -> Result<(MultiplexedConnection, ConnectionAddr), String> {
+        let info = self.info().await?;
+        let at = info.addr().clone();
         let mut config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
@@ -122,10 +142,11 @@ impl Connector {
             _ => info,
         };
         let client = Client::open(info).map_err(|e| e.to_string())?;
-        client
+        let conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok((conn, at))
     }
 
     /// One server: the URL, with the credentials and the CA bundle.

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use redis::ConnectionAddr;
 use redis::aio::MultiplexedConnection;
 
 use super::connect::Connector;
@@ -41,6 +42,10 @@ use crate::metrics::{self, METRICS};
 const BACKOFF: Duration = Duration::from_secs(1);
 /// How often a duplicate polls the state of a claim held by another replica.
 const POLL: Duration = Duration::from_millis(20);
+/// How often the sentinels are asked which server is the master, to follow a failover even when the old
+/// master still answers (it does until Sentinel demotes it, seconds later, and what it takes meanwhile is
+/// lost when it does).
+const SENTINEL_CHECK: Duration = Duration::from_millis(250);
 /// Commits waiting for Redis to come back, at most: about 100 bytes each.
 const MAX_PENDING: usize = 10_000;
 
@@ -86,7 +91,9 @@ struct Remote {
     connector: Connector,
     /// The connection in use; dropped on any failure, so that the next try connects again (for
     /// Sentinel: asks the sentinels again, which is how a failover is followed).
-    conn: Mutex<Option<MultiplexedConnection>>,
+    conn: Mutex<Option<(MultiplexedConnection, ConnectionAddr)>>,
+    /// Whether the task that follows the sentinels runs.
+    watching: std::sync::atomic::AtomicBool,
     /// One connection attempt at a time; each is bounded by the timeout.
     connecting: tokio::sync::Mutex<()>,
     prefix: String,
@@ -175,6 +182,7 @@ impl RedisStore {
         let remote = Remote {
             connector: Connector::new(config),
             conn: Mutex::new(None),
+            watching: Default::default(),
             connecting: tokio::sync::Mutex::new(()),
             prefix: config.prefix.clone(),
             timeout: config.timeout,
@@ -267,6 +275,7 @@ impl DedupStore for RedisStore {
             token,
             body,
         };
+        Remote::watch(&self.remote);
         let keys = self.keys(key, body);
         let value = self.claim_value(token);
         let ttl_ms = self.in_flight_ttl.as_millis() as u64;
@@ -391,13 +400,52 @@ impl Remote {
         if self.retry_at().is_some() {
             return Err("left alone after a failure".into());
         }
-        let c = self.connector.connect().await?;
-        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+        let (c, at) = self.connector.connect().await?;
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some((c.clone(), at));
         Ok(c)
     }
 
     fn cached(&self) -> Option<MultiplexedConnection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        conn.as_ref().map(|(c, _)| c.clone())
+    }
+
+    /// With Sentinel, starts the task that follows the master, once.
+    fn watch(this: &Arc<Remote>) {
+        use std::sync::atomic::Ordering;
+        if !this.connector.sentinel() || this.watching.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(this.clone().follow_master())),
+            Err(_) => this.watching.store(false, Ordering::Relaxed),
+        }
+    }
+
+    /// Asks the sentinels every `SENTINEL_CHECK` which server is the master, and drops the connection
+    /// when it is to another one: the next operation connects to the new master.
+    async fn follow_master(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(SENTINEL_CHECK).await;
+            let connected = {
+                let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+                conn.as_ref().map(|(_, at)| at.clone())
+            };
+            let Some(connected) = connected else {
+                continue;
+            };
+            if let Some(master) = self.connector.whereabouts().await
+                && master != connected
+            {
+                log::warn!(
+                    "dedup: the sentinels name another master ({master}, was {connected}); reconnecting"
+                );
+                let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+                if conn.as_ref().is_some_and(|(_, at)| *at == connected) {
+                    conn.take();
+                }
+            }
+        }
     }
 
     /// Forgets the connection: a failed one may be dead, or to a master that is a replica now.
