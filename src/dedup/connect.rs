@@ -24,6 +24,11 @@ use redis::{
 
 use crate::config::{RedisConfig, RedisTarget, Secret};
 
+/// What a connection attempt may take at least (a TLS handshake, loading the system roots, asking the
+/// sentinels and checking the master's `ROLE`); `redis_timeout_ms` when longer. A delivery waits for it
+/// no longer than `redis_timeout_ms` (`RedisStore`).
+pub const CONNECT_BUDGET: Duration = Duration::from_secs(2);
+
 pub struct Connector {
     target: RedisTarget,
     tls: bool,
@@ -32,6 +37,8 @@ pub struct Connector {
     username: Option<String>,
     password: Option<Secret>,
     timeout: Duration,
+    /// A connection to one sentinel, kept for asking which server is the master.
+    sentinel: tokio::sync::Mutex<Option<MultiplexedConnection>>,
 }
 
 impl Connector {
@@ -44,6 +51,7 @@ impl Connector {
             username: config.username.clone(),
             password: config.password.clone(),
             timeout: config.timeout,
+            sentinel: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -78,6 +86,10 @@ impl Connector {
         })
     }
 
+    fn budget(&self) -> Duration {
+        self.timeout.max(CONNECT_BUDGET)
+    }
+
     pub fn sentinel(&self) -> bool {
         matches!(self.target, RedisTarget::Sentinel { .. })
     }
@@ -85,20 +97,71 @@ impl Connector {
     /// Connects (for Sentinel: asks the sentinels for the master first) within the timeout; also returns
     /// where it connected.
     pub async fn connect(&self) -> Result<(MultiplexedConnection, ConnectionAddr), String> {
-        match tokio::time::timeout(self.timeout, self.connect_now()).await {
+        match tokio::time::timeout(self.budget(), self.connect_now()).await {
             Ok(r) => r,
             Err(_) => Err("connection timed out".into()),
         }
     }
 
-    /// Where Redis is now: for Sentinel, the master the sentinels name (checked with `ROLE`); `None` if
-    /// that cannot be told within the timeout.
-    pub async fn whereabouts(&self) -> Option<ConnectionAddr> {
-        let info = tokio::time::timeout(self.timeout, self.info())
+    /// The master's address as the sentinels name it now (`SENTINEL get-master-addr-by-name`, on a
+    /// connection to the first sentinel that answers, kept); `None` without Sentinel, or if no sentinel
+    /// answers within the timeout.
+    pub async fn named_master(&self) -> Option<(String, u16)> {
+        let RedisTarget::Sentinel {
+            sentinels, master, ..
+        } = &self.target
+        else {
+            return None;
+        };
+        let ask = async {
+            let mut conn = self.sentinel.lock().await;
+            if conn.is_none() {
+                for (host, port) in sentinels {
+                    if let Ok(c) = self.sentinel_conn(host, *port).await {
+                        *conn = Some(c);
+                        break;
+                    }
+                }
+            }
+            let c = conn.as_mut()?;
+            let named: redis::RedisResult<Option<(String, u16)>> = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(master)
+                .query_async(c)
+                .await;
+            match named {
+                Ok(named) => named,
+                Err(_) => {
+                    conn.take();
+                    None
+                }
+            }
+        };
+        tokio::time::timeout(self.budget(), ask)
             .await
-            .ok()?
-            .ok()?;
-        Some(info.addr().clone())
+            .ok()
+            .flatten()
+    }
+
+    async fn sentinel_conn(&self, host: &str, port: u16) -> Result<MultiplexedConnection, String> {
+        let client = if self.tls {
+            let addr = ConnectionAddr::TcpTls {
+                host: host.to_string(),
+                port,
+                insecure: false,
+                tls_params: None,
+            };
+            Client::build_with_tls(addr, self.certificates()?).map_err(|e| e.to_string())?
+        } else {
+            Client::open(ConnectionAddr::Tcp(host.to_string(), port)).map_err(|e| e.to_string())?
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn info(&self) -> Result<ConnectionInfo, String> {
@@ -115,9 +178,10 @@ impl Connector {
     async fn connect_now(&self) -> Result<(MultiplexedConnection, ConnectionAddr), String> {
         let info = self.info().await?;
         let at = info.addr().clone();
+        // Each operation is bounded by the store's timeout; these bound the handshake.
         let mut config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
+            .set_connection_timeout(Some(self.budget()))
+            .set_response_timeout(Some(self.budget()));
         let info = match (&self.server_name, info.addr().clone()) {
             (
                 Some(name),

@@ -42,9 +42,9 @@ use crate::metrics::{self, METRICS};
 const BACKOFF: Duration = Duration::from_secs(1);
 /// How often a duplicate polls the state of a claim held by another replica.
 const POLL: Duration = Duration::from_millis(20);
-/// How often the sentinels are asked which server is the master, to follow a failover even when the old
-/// master still answers (it does until Sentinel demotes it, seconds later, and what it takes meanwhile is
-/// lost when it does).
+/// How often the sentinels are asked which server is the master (one command on a kept connection), to
+/// follow a failover even when the old master still answers (it does until Sentinel demotes it, seconds
+/// later, and what it takes meanwhile is lost when it does).
 const SENTINEL_CHECK: Duration = Duration::from_millis(250);
 /// Commits waiting for Redis to come back, at most: about 100 bytes each.
 const MAX_PENDING: usize = 10_000;
@@ -94,8 +94,10 @@ struct Remote {
     conn: Mutex<Option<(MultiplexedConnection, ConnectionAddr)>>,
     /// Whether the task that follows the sentinels runs.
     watching: std::sync::atomic::AtomicBool,
-    /// One connection attempt at a time; each is bounded by the timeout.
-    connecting: tokio::sync::Mutex<()>,
+    /// Whether a task is connecting: one attempt at a time, in a task of its own (see `conn`).
+    connecting: std::sync::atomic::AtomicBool,
+    /// Woken when a connection attempt ends.
+    attempted: tokio::sync::Notify,
     prefix: String,
     timeout: Duration,
     ttl: Duration,
@@ -183,7 +185,8 @@ impl RedisStore {
             connector: Connector::new(config),
             conn: Mutex::new(None),
             watching: Default::default(),
-            connecting: tokio::sync::Mutex::new(()),
+            connecting: Default::default(),
+            attempted: tokio::sync::Notify::new(),
             prefix: config.prefix.clone(),
             timeout: config.timeout,
             ttl,
@@ -366,6 +369,11 @@ impl Remote {
 
     fn failed(&self, what: &str, e: &str) {
         METRICS.dedup_error();
+        self.down(what, e);
+    }
+
+    /// Marks Redis down (logged once) and leaves it alone for `BACKOFF`.
+    fn down(&self, what: &str, e: &str) {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if h.down_since.is_none() {
@@ -388,21 +396,37 @@ impl Remote {
         h.retry_at = None;
     }
 
-    /// The connection in use, or a new one.
-    async fn conn(&self) -> Result<MultiplexedConnection, String> {
+    /// The connection in use, or a new one. The attempt runs in a task of its own, with the longer
+    /// budget a TLS handshake or a Sentinel lookup may need (`connect::CONNECT_BUDGET`), and the caller
+    /// waits for it no longer than the timeout: a slow first handshake is then ready for the next
+    /// delivery. `None`: no connection within the timeout (a failed attempt logs its reason itself).
+    async fn conn(self: &Arc<Self>) -> Option<MultiplexedConnection> {
+        use std::sync::atomic::Ordering;
         if let Some(c) = self.cached() {
-            return Ok(c);
+            return Some(c);
         }
-        let _one = self.connecting.lock().await;
+        let attempted = self.attempted.notified();
+        tokio::pin!(attempted);
+        attempted.as_mut().enable();
         if let Some(c) = self.cached() {
-            return Ok(c);
+            return Some(c);
         }
-        if self.retry_at().is_some() {
-            return Err("left alone after a failure".into());
+        if !self.connecting.swap(true, Ordering::AcqRel) {
+            let this = self.clone();
+            tokio::spawn(async move {
+                match this.connector.connect().await {
+                    Ok((c, at)) => {
+                        *this.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some((c, at));
+                    }
+                    Err(e) => this.down("connect", &e),
+                }
+                this.connecting.store(false, Ordering::Release);
+                this.attempted.notify_waiters();
+            });
         }
-        let (c, at) = self.connector.connect().await?;
-        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some((c.clone(), at));
-        Ok(c)
+        // Whether it ended or not: an attempt that failed has left Redis alone for `BACKOFF`.
+        let _ = tokio::time::timeout(self.timeout, attempted).await;
+        self.cached()
     }
 
     fn cached(&self) -> Option<MultiplexedConnection> {
@@ -434,11 +458,17 @@ impl Remote {
             let Some(connected) = connected else {
                 continue;
             };
-            if let Some(master) = self.connector.whereabouts().await
-                && master != connected
+            let at = match &connected {
+                ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                    (host.as_str(), *port)
+                }
+                _ => continue,
+            };
+            if let Some((host, port)) = self.connector.named_master().await
+                && (host.as_str(), port) != at
             {
                 log::warn!(
-                    "dedup: the sentinels name another master ({master}, was {connected}); reconnecting"
+                    "dedup: the sentinels name another master ({host}:{port}, was {connected}); reconnecting"
                 );
                 let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
                 if conn.as_ref().is_some_and(|(_, at)| *at == connected) {
@@ -454,20 +484,18 @@ impl Remote {
     }
 
     /// Runs one Redis operation within the timeout; `None` if it failed or Redis is left alone for now.
-    async fn run<T, F, Fut>(&self, what: &str, op: F) -> Option<T>
+    async fn run<T, F, Fut>(self: &Arc<Self>, what: &str, op: F) -> Option<T>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        if self.retry_at().is_some() {
+        // Left alone after a failure, unless a connection was made since (a failed one is dropped).
+        if self.retry_at().is_some() && self.cached().is_none() {
             return None;
         }
-        let conn = match self.conn().await {
-            Ok(c) => c,
-            Err(e) => {
-                self.failed(what, &e);
-                return None;
-            }
+        let Some(conn) = self.conn().await else {
+            self.failed(what, "no connection within the timeout");
+            return None;
         };
         match tokio::time::timeout(self.timeout, op(conn)).await {
             Ok(Ok(v)) => {
@@ -489,7 +517,12 @@ impl Remote {
 
     /// Claims `keys` with `value`: `Some(None)` if claimed, `Some(Some(held))` if the event key holds
     /// `held` (or the body is another event's: `b:`).
-    async fn claim(&self, keys: &Keys, value: &str, ttl_ms: u64) -> Option<Option<String>> {
+    async fn claim(
+        self: &Arc<Self>,
+        keys: &Keys,
+        value: &str,
+        ttl_ms: u64,
+    ) -> Option<Option<String>> {
         let script = &self.claim;
         self.run("claim", |mut c| async move {
             let mut inv = script.key(&keys.event);
@@ -501,7 +534,7 @@ impl Remote {
         .await
     }
 
-    async fn get(&self, rkey: &str) -> Option<Option<String>> {
+    async fn get(self: &Arc<Self>, rkey: &str) -> Option<Option<String>> {
         self.run("GET", |mut c| async move {
             redis::cmd("GET").arg(rkey).query_async(&mut c).await
         })
@@ -509,7 +542,7 @@ impl Remote {
     }
 
     /// Marks `keys` done with `value` for `ttl`; `None` if Redis did not take it.
-    async fn set_done(&self, keys: &Keys, value: &str, ttl: Duration) -> Option<()> {
+    async fn set_done(self: &Arc<Self>, keys: &Keys, value: &str, ttl: Duration) -> Option<()> {
         let ttl_ms = ttl.as_millis().max(1) as u64;
         let script = &self.commit;
         let _: i64 = self

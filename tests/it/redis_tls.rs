@@ -23,8 +23,9 @@ async fn tls_redis() -> Tls {
 }
 
 impl Tls {
-    /// The `[dedup]` table for the ACL user `orders`, its password in a file, in strict mode; `extra`
-    /// lines are added (or replace the TLS keys when `tls` is false).
+    /// The `[dedup]` table for the ACL user `orders`, its password in a file, in strict mode, with the
+    /// `tls` lines. A debug build loading the system roots on a loaded machine may take longer than the
+    /// default 250 ms for its first handshake: 1 s.
     fn toml(&self, password: &str, tls: &str) -> String {
         let file = write_file(
             self.secrets.path(),
@@ -33,7 +34,7 @@ impl Tls {
         );
         format!(
             "[dedup]\nbackend = \"redis\"\nredis_url = \"rediss://127.0.0.1:{}\"\nredis_prefix = \"test-app:\"\n\
-             redis_username = \"orders\"\nredis_password = {{ file = \"{}\" }}\non_store_error = \"refuse\"\n{tls}",
+             redis_timeout_ms = 1000\nredis_username = \"orders\"\nredis_password = {{ file = \"{}\" }}\non_store_error = \"refuse\"\n{tls}",
             self.tls_port,
             file.display()
         )

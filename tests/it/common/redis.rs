@@ -108,6 +108,17 @@ impl TestRedis {
             .is_some_and(|a| a.contains("+PONG\r\n"))
     }
 
+    /// The value of `key` (any bytes: sent as RESP), if it has one.
+    pub async fn get(&self, key: &str) -> Option<String> {
+        let command = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
+        let answer = self.inline(&command).await?;
+        // After the AUTH's `+OK`, if any: `$<len>` and the value, or `$-1` when there is none.
+        let at = answer.find('$')? + 1;
+        let (len, rest) = answer[at..].split_once("\r\n")?;
+        let len: usize = len.parse().ok()?;
+        rest.get(..len).map(str::to_string)
+    }
+
     /// The keys under `test-app:` (`KEYS`, for tests only).
     pub async fn keys(&self) -> Vec<String> {
         let a = self.inline("KEYS test-app:*\r\n").await.unwrap_or_default();
