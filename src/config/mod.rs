@@ -288,19 +288,19 @@ impl RedisConfig {
 
     /// For `check`'s summary line: never a credential nor a host.
     fn describe(&self) -> String {
-        let mut s = String::from("redis");
+        let mut parts = Vec::new();
         if matches!(self.target, RedisTarget::Sentinel { .. }) {
-            s.push_str(" via sentinel");
+            parts.push("sentinel");
         }
-        s.push_str(if self.tls { ", tls" } else { ", plain tcp" });
+        parts.push(if self.tls { "tls" } else { "plain tcp" });
         if self.password.is_some() {
-            s.push_str(", auth");
+            parts.push("auth");
         }
-        s.push_str(match self.on_store_error {
-            OnStoreError::Local => ", on error local",
-            OnStoreError::Refuse => ", on error refuse",
+        parts.push(match self.on_store_error {
+            OnStoreError::Local => "on_store_error local",
+            OnStoreError::Refuse => "on_store_error refuse",
         });
-        s
+        format!("redis ({})", parts.join(", "))
     }
 }
 
@@ -609,7 +609,7 @@ mod tests {
         assert!(!format!("{c:?}").contains("from-the-secret"));
         assert_eq!(
             c.dedup.describe(),
-            "redis, tls, auth, on error refuse, ttl 86400s"
+            "redis (tls, auth, on_store_error refuse), ttl 86400s"
         );
         let e =
             redis_conf("redis_url = \"redis://127.0.0.1\"\nredis_password = { value = \"x\" }\n")

@@ -17,9 +17,16 @@
 //! key or returns what it holds, in one round trip (a Lua script rather than `SET NX GET`, which needs
 //! Redis 7): an existing key is never taken for an absent one because a second read failed.
 //!
-//! Redis is an optimisation of the contract, never a condition for deliveries: when it is slow or down,
-//! each operation falls back to the local store after a short timeout, and Redis is left alone for a
-//! moment before the next try. A commit that could not reach Redis is queued (bounded, oldest dropped) and
+//! By default (`on_store_error = "local"`) Redis is an optimisation of the contract, never a condition for
+//! deliveries: when it is slow or down, each operation falls back to the local store after a short
+//! timeout, and Redis is left alone for a moment before the next try. With `"refuse"` a claim Redis cannot
+//! decide is `Unavailable` (the pipeline answers 503 + Retry-After) and the local claim is released: no
+//! copy goes past a shared store that could not see it.
+//!
+//! How Redis is reached (TLS, credentials, Sentinel) is `connect`'s. The connection is one multiplexed
+//! connection, dropped on any failure; the next try connects again (re-reading the password file and CA
+//! bundle, asking the sentinels again). With Sentinel a task also asks the sentinels which server is the
+//! master every `SENTINEL_CHECK`, and drops a connection to another one. A commit that could not reach Redis is queued (bounded, oldest dropped) and
 //! replayed once Redis answers again, so another replica does not forward the duplicate for the rest of the
 //! TTL. The local store also remembers every done key, so a replica answers its own duplicates without a
 //! round trip.
