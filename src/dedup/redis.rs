@@ -113,6 +113,8 @@ struct Remote {
     release: redis::Script,
     health: Mutex<Health>,
     pending: Mutex<Pending>,
+    /// What deliveries do meanwhile, for the log line.
+    on_error: OnStoreError,
 }
 
 #[derive(Default)]
@@ -202,6 +204,7 @@ impl RedisStore {
             release: redis::Script::new(RELEASE),
             health: Mutex::new(Health::default()),
             pending: Mutex::new(Pending::default()),
+            on_error: config.on_store_error,
         };
         Self {
             remote: Arc::new(remote),
@@ -384,9 +387,11 @@ impl Remote {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if h.down_since.is_none() {
-            log::warn!(
-                "dedup: redis {what} failed ({e}); using this replica's local cache until it is back"
-            );
+            let meanwhile = match self.on_error {
+                OnStoreError::Local => "using this replica's local cache until it is back",
+                OnStoreError::Refuse => "deliveries get 503 + Retry-After until it is back",
+            };
+            log::warn!("dedup: redis {what} failed ({e}); {meanwhile}");
             h.down_since = Some(now);
         }
         h.retry_at = Some(now + BACKOFF);

@@ -84,11 +84,19 @@ async fn a_server_certificate_that_is_untrusted_or_names_another_host_is_refused
     // The certificate is for redis.test, not for 127.0.0.1; and the system roots do not know the test CA.
     let wrong_name = format!("redis_ca_file = \"{}\"\n", t.ca.ca_cert.display());
     let system_roots = "redis_tls_server_name = \"redis.test\"\n";
-    for tls in [wrong_name.as_str(), system_roots] {
+    for (tls, why) in [
+        (wrong_name.as_str(), "not valid for name"),
+        (system_roots, "UnknownIssuer"),
+    ] {
         let s = Sidecar::start(&app, &t.toml(REDIS_USER_PASSWORD, tls)).await;
         refused_for_now(&s.send(&Delivery::json()).await);
         let ready = s.admin_get("/readyz").await;
         assert!(ready.text().contains("unreachable"), "{}", ready.text());
+        let log = s.log_with("dedup: redis connect failed", 1).await;
+        assert!(
+            log.contains(why),
+            "the log names the certificate's fault: {log}"
+        );
     }
     assert_eq!(app.count(), 0, "nothing went through unchecked");
     assert!(t.redis.keys().await.is_empty());
@@ -101,7 +109,9 @@ async fn a_wrong_password_is_refused_and_never_written_anywhere() {
     let wrong = "not-the-password-93ad";
     let s = Sidecar::start(&app, &t.toml(wrong, &t.trusted())).await;
     refused_for_now(&s.send(&Delivery::json()).await);
-    let log = s.log_with("dedup: redis", 1).await;
+    let log = s.log_with("dedup: redis connect failed", 1).await;
+    assert!(log.contains("authentication failed"), "{log}");
+    assert!(log.contains("deliveries get 503 + Retry-After"), "{log}");
     assert!(
         !log.contains(wrong) && !log.contains(REDIS_USER_PASSWORD),
         "{log}"
