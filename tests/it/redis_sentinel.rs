@@ -1,4 +1,5 @@
-//! Redis behind Sentinel: two sidecar replicas find the master through two real `redis-sentinel`s, and
+//! Redis behind Sentinel: two sidecar replicas find the master (which needs a password, from a file)
+//! through two real `redis-sentinel`s, and
 //! follow a failover (`SENTINEL FAILOVER`) in the middle of a stream of deliveries, each sent twice at
 //! once through both replicas.
 
@@ -34,9 +35,13 @@ async fn across_a_sentinel_failover_deliveries_keep_flowing_and_reach_the_app_tw
  {
     let sentinels = TestSentinels::start().await;
     let app = TestApp::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let password = write_file(secrets.path(), "redis-password", REDIS_PASSWORD);
     let conf = format!(
-        "[dedup]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_prefix = \"test-app:\"\non_store_error = \"refuse\"\n",
-        sentinels.url()
+        "[dedup]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_prefix = \"test-app:\"\n\
+         on_store_error = \"refuse\"\nredis_password = {{ file = \"{}\" }}\n",
+        sentinels.url(),
+        password.display()
     );
     let a = Arc::new(Sidecar::start(&app, &conf).await);
     let b = Arc::new(Sidecar::start(&app, &conf).await);

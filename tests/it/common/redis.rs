@@ -241,7 +241,7 @@ impl TestCa {
 }
 
 /// Two `redis-sentinel`s watching a master and a replica (`mymaster`), each on its own port; quorum 1,
-/// so that a failover follows quickly.
+/// so that a failover follows quickly. The master and the replica need `REDIS_PASSWORD`.
 pub struct TestSentinels {
     pub master: TestRedis,
     pub replica: TestRedis,
@@ -254,13 +254,22 @@ pub struct TestSentinels {
 impl TestSentinels {
     pub async fn start() -> TestSentinels {
         let [m, r, s1, s2] = super::free_ports();
-        let master = TestRedis::start(m).await;
-        let replica = TestRedis::start_args(
-            r,
-            &["--replicaof".into(), "127.0.0.1".into(), m.to_string()],
-            None,
-        )
-        .await;
+        // Both servers need REDIS_PASSWORD, as a self-hosted Redis behind Sentinel usually does; the
+        // sentinels do not.
+        let auth: Vec<String> = [
+            "--requirepass",
+            REDIS_PASSWORD,
+            "--masterauth",
+            REDIS_PASSWORD,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let harness = Some(format!("default {REDIS_PASSWORD}"));
+        let master = TestRedis::start_args(m, &auth, harness.clone()).await;
+        let mut replica_args = auth.clone();
+        replica_args.extend(["--replicaof".into(), "127.0.0.1".into(), m.to_string()]);
+        let replica = TestRedis::start_args(r, &replica_args, harness).await;
         let dir = tempfile::tempdir().unwrap();
         let mut procs = Vec::new();
         for port in [s1, s2] {
@@ -269,7 +278,8 @@ impl TestSentinels {
                 &conf,
                 format!(
                     "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {m} 1\n\
-                     sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 4000\n",
+                     sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 4000\n\
+                     sentinel auth-pass mymaster {REDIS_PASSWORD}\n",
                     dir.path().display()
                 ),
             )
