@@ -33,13 +33,43 @@ async fn until_decided(s: &Sidecar, d: &Delivery) -> Resp {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn across_a_sentinel_failover_deliveries_keep_flowing_and_reach_the_app_twice_only_inside_the_failover_window()
  {
-    let sentinels = TestSentinels::start().await;
+    failover(TestSentinels::start().await, "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_sentinels_and_the_master_are_checked_and_a_failover_is_followed() {
+    // The sentinels' certificate names 127.0.0.1 (the address they are asked at, and that they give for
+    // the master); the test CA is the only one trusted.
+    let ca = TestCa::with_names("DNS:redis.test,IP:127.0.0.1");
+    let sentinels = TestSentinels::start_tls(&ca).await;
+    // Without the CA (the system roots), no sentinel is trusted: nothing goes through.
+    let app = TestApp::start().await;
+    let untrusted = Sidecar::start(
+        &app,
+        &format!(
+            "[dedup]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_prefix = \"test-app:\"\non_store_error = \"refuse\"\n",
+            sentinels.url()
+        ),
+    )
+    .await;
+    assert_eq!(untrusted.send(&Delivery::json()).await.status, 503);
+    assert_eq!(app.count(), 0);
+    drop(untrusted);
+    let tls = format!("redis_ca_file = \"{}\"\n", ca.ca_cert.display());
+    failover(sentinels, &tls).await;
+}
+
+/// Streams events through two replicas configured with `extra` [dedup] lines, fails over mid-stream,
+/// and checks the ledger. The first connection through Sentinel asks a sentinel, checks the master's
+/// `ROLE` and connects to it (over TLS, a debug build loads the system roots each time): 1 s rather
+/// than the default 250 ms, so that a loaded machine does not fail the first delivery.
+async fn failover(sentinels: TestSentinels, extra: &str) {
     let app = TestApp::start().await;
     let secrets = tempfile::tempdir().unwrap();
     let password = write_file(secrets.path(), "redis-password", REDIS_PASSWORD);
     let conf = format!(
         "[dedup]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_prefix = \"test-app:\"\n\
-         on_store_error = \"refuse\"\nredis_password = {{ file = \"{}\" }}\n",
+         on_store_error = \"refuse\"\nredis_password = {{ file = \"{}\" }}\nredis_timeout_ms = 1000\n{extra}",
         sentinels.url(),
         password.display()
     );
@@ -89,7 +119,7 @@ async fn across_a_sentinel_failover_deliveries_keep_flowing_and_reach_the_app_tw
     .await;
     let failover = Instant::now();
     sentinels.failover();
-    let promoted = sentinels.replica.port;
+    let promoted = sentinels.replica_port;
     poll("both sentinels name the promoted replica", || async {
         (sentinels.master_port(0) == promoted && sentinels.master_port(1) == promoted).then_some(())
     })

@@ -179,6 +179,11 @@ pub struct TestCa {
 
 impl TestCa {
     pub fn new() -> TestCa {
+        Self::with_names("DNS:redis.test")
+    }
+
+    /// A server certificate for `san` (`subjectAltName` syntax: "DNS:redis.test,IP:127.0.0.1").
+    pub fn with_names(san: &str) -> TestCa {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let openssl = |args: &[&str]| {
@@ -213,7 +218,7 @@ impl TestCa {
             "-out",
             "server.csr",
         ]);
-        std::fs::write(d.join("ext.cnf"), "subjectAltName = DNS:redis.test\n").unwrap();
+        std::fs::write(d.join("ext.cnf"), format!("subjectAltName = {san}\n")).unwrap();
         openssl(&[
             "x509",
             "-req",
@@ -245,7 +250,13 @@ impl TestCa {
 pub struct TestSentinels {
     pub master: TestRedis,
     pub replica: TestRedis,
+    /// Where the sidecar reaches the sentinels (their TLS ports with `start_tls`).
     pub ports: [u16; 2],
+    /// Where the harness reaches them (plain TCP).
+    plain: [u16; 2],
+    /// The replica's port as the sentinels name it (its TLS port with `start_tls`).
+    pub replica_port: u16,
+    tls: bool,
     // Held for their drop.
     procs: Vec<Proc>,
     _dir: tempfile::TempDir,
@@ -253,7 +264,37 @@ pub struct TestSentinels {
 
 impl TestSentinels {
     pub async fn start() -> TestSentinels {
+        Self::start_with(None).await
+    }
+
+    /// Everything over TLS with `ca`'s certificate as well (replication, the sentinels' links, and a TLS
+    /// port on each sentinel); the plain ports stay for the harness.
+    pub async fn start_tls(ca: &TestCa) -> TestSentinels {
+        Self::start_with(Some(ca)).await
+    }
+
+    async fn start_with(ca: Option<&TestCa>) -> TestSentinels {
         let [m, r, s1, s2] = super::free_ports();
+        let [mt, rt, st1, st2] = super::free_ports();
+        let tls_files = |c: &TestCa| -> Vec<String> {
+            [
+                "--tls-cert-file",
+                &c.server_cert.display().to_string(),
+                "--tls-key-file",
+                &c.server_key.display().to_string(),
+                "--tls-ca-cert-file",
+                &c.ca_cert.display().to_string(),
+                "--tls-auth-clients",
+                "no",
+                "--tls-replication",
+                "yes",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        };
+        // The port each server is named by (in replication and by the sentinels).
+        let (named_m, named_r) = if ca.is_some() { (mt, rt) } else { (m, r) };
         // Both servers need REDIS_PASSWORD, as a self-hosted Redis behind Sentinel usually does; the
         // sentinels do not.
         let auth: Vec<String> = [
@@ -266,18 +307,39 @@ impl TestSentinels {
         .map(|s| s.to_string())
         .collect();
         let harness = Some(format!("default {REDIS_PASSWORD}"));
-        let master = TestRedis::start_args(m, &auth, harness.clone()).await;
+        let mut master_args = auth.clone();
         let mut replica_args = auth.clone();
-        replica_args.extend(["--replicaof".into(), "127.0.0.1".into(), m.to_string()]);
+        if let Some(c) = ca {
+            master_args.extend(tls_files(c));
+            master_args.extend(["--tls-port".into(), mt.to_string()]);
+            replica_args.extend(tls_files(c));
+            replica_args.extend(["--tls-port".into(), rt.to_string()]);
+        }
+        let master = TestRedis::start_args(m, &master_args, harness.clone()).await;
+        replica_args.extend([
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            named_m.to_string(),
+        ]);
         let replica = TestRedis::start_args(r, &replica_args, harness).await;
         let dir = tempfile::tempdir().unwrap();
         let mut procs = Vec::new();
-        for port in [s1, s2] {
+        for (port, tls_port) in [(s1, st1), (s2, st2)] {
             let conf = dir.path().join(format!("sentinel-{port}.conf"));
+            let tls = match ca {
+                Some(c) => format!(
+                    "tls-port {tls_port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                     tls-auth-clients no\ntls-replication yes\n",
+                    c.server_cert.display(),
+                    c.server_key.display(),
+                    c.ca_cert.display()
+                ),
+                None => String::new(),
+            };
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {m} 1\n\
+                    "port {port}\nbind 127.0.0.1\ndir {}\n{tls}sentinel monitor mymaster 127.0.0.1 {named_m} 1\n\
                      sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 4000\n\
                      sentinel auth-pass mymaster {REDIS_PASSWORD}\n",
                     dir.path().display()
@@ -295,24 +357,30 @@ impl TestSentinels {
         let s = TestSentinels {
             master,
             replica,
-            ports: [s1, s2],
+            ports: if ca.is_some() { [st1, st2] } else { [s1, s2] },
+            plain: [s1, s2],
+            replica_port: named_r,
+            tls: ca.is_some(),
             procs,
             _dir: dir,
         };
         eventually(
             "the replica is in sync and both sentinels know it",
             || async {
-                s.replica_synced().await && s.replicas_known(s1).await && s.replicas_known(s2).await
+                s.replica_synced().await
+                    && s.replicas_known(s.plain[0]).await
+                    && s.replicas_known(s.plain[1]).await
             },
         )
         .await;
         s
     }
 
-    /// `redis+sentinel://` naming both sentinels.
+    /// `redis+sentinel://` (`rediss+sentinel://` with TLS) naming both sentinels.
     pub fn url(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         format!(
-            "redis+sentinel://127.0.0.1:{},127.0.0.1:{}/mymaster",
+            "{scheme}+sentinel://127.0.0.1:{},127.0.0.1:{}/mymaster",
             self.ports[0], self.ports[1]
         )
     }
@@ -327,13 +395,13 @@ impl TestSentinels {
     }
 
     async fn replicas_known(&self, port: u16) -> bool {
-        cli(port, &["SENTINEL", "replicas", "mymaster"]).contains(&self.replica.port.to_string())
+        cli(port, &["SENTINEL", "replicas", "mymaster"]).contains(&self.replica_port.to_string())
     }
 
     /// The master's port as sentinel `i` names it.
     pub fn master_port(&self, i: usize) -> u16 {
         let out = cli(
-            self.ports[i],
+            self.plain[i],
             &["SENTINEL", "get-master-addr-by-name", "mymaster"],
         );
         out.lines()
@@ -344,7 +412,7 @@ impl TestSentinels {
 
     /// `SENTINEL FAILOVER`: the replica is promoted, the master demoted.
     pub fn failover(&self) {
-        let out = cli(self.ports[0], &["SENTINEL", "failover", "mymaster"]);
+        let out = cli(self.plain[0], &["SENTINEL", "failover", "mymaster"]);
         assert!(out.starts_with("OK"), "SENTINEL FAILOVER: {out}");
     }
 }
