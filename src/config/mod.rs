@@ -272,17 +272,19 @@ pub enum RedisTarget {
 }
 
 impl RedisConfig {
-    /// What a running process cannot change without a restart (the password and the CA file's content
-    /// are read again at each connection).
-    fn restart_key(&self) -> impl PartialEq + '_ {
+    /// Where Redis is and under which prefix: a running process keeps them from its start.
+    fn place(&self) -> impl PartialEq + '_ {
+        (&self.target, self.tls, &self.prefix)
+    }
+
+    /// How it is reached, as a running process keeps it (the password's and the CA bundle's contents are
+    /// read again at each connection; their sources are not).
+    fn access(&self) -> impl PartialEq + '_ {
         (
-            &self.target,
-            self.tls,
             &self.ca_file,
             &self.tls_server_name,
             &self.username,
             self.password.as_ref().map(|p| &p.file),
-            &self.prefix,
         )
     }
 
@@ -313,8 +315,13 @@ impl DedupConfig {
             out.push("dedup.ttl_seconds, max_entries or backend");
         }
         let (a, b) = (self.redis.as_ref(), new.redis.as_ref());
-        if a.map(RedisConfig::restart_key) != b.map(RedisConfig::restart_key) {
-            out.push("dedup.redis_url, redis_prefix, redis_ca_file, redis_tls_server_name, redis_username or redis_password's source");
+        if a.map(RedisConfig::place) != b.map(RedisConfig::place) {
+            out.push("dedup.redis_url or redis_prefix");
+        }
+        if a.map(RedisConfig::access) != b.map(RedisConfig::access) {
+            out.push(
+                "dedup.redis_ca_file, redis_tls_server_name, redis_username or redis_password's source",
+            );
         }
         if a.map(|r| r.on_store_error) != b.map(|r| r.on_store_error) {
             out.push("dedup.on_store_error");
@@ -624,6 +631,35 @@ mod tests {
         let e =
             redis_conf("redis_url = \"redis://127.0.0.1\"\nredis_username = \"u\"\n").unwrap_err();
         assert_eq!(e.key, "dedup.redis_username", "{e}");
+    }
+
+    #[test]
+    fn a_reload_names_redis_access_and_mode_changes_as_needing_a_restart_but_not_a_new_password() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("pw");
+        std::fs::write(&file, "one").unwrap();
+        let base = format!(
+            "redis_url = \"rediss://r.example\"\nredis_password = {{ file = \"{}\" }}\n",
+            file.display()
+        );
+        let old = redis_conf(&base).unwrap().dedup;
+        std::fs::write(&file, "two").unwrap();
+        assert!(
+            old.restart_needed(&redis_conf(&base).unwrap().dedup)
+                .is_empty()
+        );
+        let changed = redis_conf(&format!("{base}redis_username = \"u\"\n")).unwrap();
+        assert_eq!(
+            old.restart_needed(&changed.dedup),
+            vec![
+                "dedup.redis_ca_file, redis_tls_server_name, redis_username or redis_password's source"
+            ]
+        );
+        let changed = redis_conf(&format!("{base}on_store_error = \"refuse\"\n")).unwrap();
+        assert_eq!(
+            old.restart_needed(&changed.dedup),
+            vec!["dedup.on_store_error"]
+        );
     }
 
     #[test]
