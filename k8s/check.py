@@ -451,6 +451,13 @@ def check_structure(variant, docs):
             e.append(f"{variant}: auth.hmac.secrets[{i}].file {f}: Secret {got[1]} has no key {got[2]}")
         elif got[1] not in secrets and variant in KUSTOMIZE:
             e.append(f"{variant}: the example generates no Secret {got[1]} (secretGenerator from `hmac`)")
+    # The Redis password: from a Secret, as the HMAC secrets (never the ConfigMap, never an env literal).
+    redis_pw = conf.get("dedup", {}).get("redis_password")
+    if redis_pw is not None:
+        f = redis_pw.get("file") if isinstance(redis_pw, dict) else None
+        got = files.get(os.path.normpath(f)) if f else None
+        if got is None or got[0] != "Secret":
+            e.append(f"{variant}: dedup.redis_password must be a file mounted from a Secret")
     if variant not in KUSTOMIZE and secrets:
         e.append(f"{variant}: ships a Secret ({', '.join(secrets)}): a placeholder would be deployed by every "
                  "`kubectl apply -k`; the user creates it (k8s/README.md)")
@@ -1003,6 +1010,14 @@ BREAKS = [
     ("secret from the environment instead of the mounted Secret", None,
      toml_edit('secrets = [{ file = "/etc/pps-sidecar/secrets/hmac" }]', 'secrets = [{ env = "X" }]'),
      "must be a file"),
+    ("the Redis password from the environment instead of the mounted Secret", None,
+     toml_edit('# redis_password = { file = "/etc/pps-sidecar/secrets/redis-password" }',
+               'redis_password = { env = "REDIS_PASSWORD" }'),
+     "dedup.redis_password must be a file mounted from a Secret"),
+    ("the Redis password from a file no Secret mounts", None,
+     toml_edit('# redis_password = { file = "/etc/pps-sidecar/secrets/redis-password" }',
+               'redis_password = { file = "/etc/pps-sidecar/redis-password" }'),
+     "dedup.redis_password must be a file mounted from a Secret"),
     ("config mounted with subPath", None,
      lambda d: sidecar(d)["volumeMounts"][0].update(subPath="sidecar.toml"), "subPath"),
     ("config mount writable", None,

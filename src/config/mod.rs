@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::{App4xx, Backend, LogFormat, Method, OtherPaths};
+pub use raw::{App4xx, Backend, LogFormat, Method, OnStoreError, OtherPaths};
 pub use secrets::{Secret, fingerprint};
 pub use validate::check_fetch_url;
 
@@ -234,14 +234,76 @@ pub struct DedupConfig {
 }
 
 /// The shared store (`crate::dedup::redis`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://` or `unix://` as written, without credentials.
-    pub url: String,
+    /// Where Redis is: one server, or the master a set of sentinels names.
+    pub target: RedisTarget,
+    /// `rediss://` (or `rediss+sentinel://`): the server's certificate is checked.
+    pub tls: bool,
+    /// The CAs the server's certificate is checked against; `None`: the system roots. Read again at each
+    /// connection, so a renewed bundle is used without a restart.
+    pub ca_file: Option<PathBuf>,
+    /// The name the server's certificate must hold; `None`: the host connected to.
+    pub tls_server_name: Option<String>,
+    /// The ACL user; `None`: the `default` user (or none, without a password).
+    pub username: Option<String>,
+    /// Never in the URL. A file is read again at each connection, so a rotated password is used from
+    /// the next connection on; `Debug` never prints it.
+    pub password: Option<Secret>,
     /// Prepended to every Redis key, so that several apps can share one Redis.
     pub prefix: String,
     /// Each Redis operation gives up after this.
     pub timeout: Duration,
+    /// What a claim does when Redis cannot decide it.
+    pub on_store_error: OnStoreError,
+}
+
+/// `dedup.redis_url`, parsed; it holds no credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://host[:port][/db]`, `rediss://...` or `unix://path`, as written.
+    Server { url: String },
+    /// `redis+sentinel://host1[:port],host2[:port]/master[/db]`: the sentinels are asked for the master.
+    Sentinel {
+        sentinels: Vec<(String, u16)>,
+        master: String,
+        db: i64,
+    },
+}
+
+impl RedisConfig {
+    /// Where Redis is and under which prefix: a running process keeps them from its start.
+    fn place(&self) -> impl PartialEq + '_ {
+        (&self.target, self.tls, &self.prefix)
+    }
+
+    /// How it is reached, as a running process keeps it (the password's and the CA bundle's contents are
+    /// read again at each connection; their sources are not).
+    fn access(&self) -> impl PartialEq + '_ {
+        (
+            &self.ca_file,
+            &self.tls_server_name,
+            &self.username,
+            self.password.as_ref().map(|p| &p.file),
+        )
+    }
+
+    /// For `check`'s summary line: never a credential nor a host.
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if matches!(self.target, RedisTarget::Sentinel { .. }) {
+            parts.push("sentinel");
+        }
+        parts.push(if self.tls { "tls" } else { "plain tcp" });
+        if self.password.is_some() {
+            parts.push("auth");
+        }
+        parts.push(match self.on_store_error {
+            OnStoreError::Local => "on_store_error local",
+            OnStoreError::Refuse => "on_store_error refuse",
+        });
+        format!("redis ({})", parts.join(", "))
+    }
 }
 
 impl DedupConfig {
@@ -253,8 +315,16 @@ impl DedupConfig {
             out.push("dedup.ttl_seconds, max_entries or backend");
         }
         let (a, b) = (self.redis.as_ref(), new.redis.as_ref());
-        if a.map(|r| (&r.url, &r.prefix)) != b.map(|r| (&r.url, &r.prefix)) {
+        if a.map(RedisConfig::place) != b.map(RedisConfig::place) {
             out.push("dedup.redis_url or redis_prefix");
+        }
+        if a.map(RedisConfig::access) != b.map(RedisConfig::access) {
+            out.push(
+                "dedup.redis_ca_file, redis_tls_server_name, redis_username or redis_password's source",
+            );
+        }
+        if a.map(|r| r.on_store_error) != b.map(|r| r.on_store_error) {
+            out.push("dedup.on_store_error");
         }
         if a.map(|r| r.timeout) != b.map(|r| r.timeout) || self.in_flight_wait != new.in_flight_wait
         {
@@ -269,7 +339,7 @@ impl DedupConfig {
             return "off".into();
         }
         let backend = match &self.redis {
-            Some(_) if self.backend == Backend::Redis => "redis".to_string(),
+            Some(r) if self.backend == Backend::Redis => r.describe(),
             _ => "memory".to_string(),
         };
         format!("{backend}, ttl {}s", self.ttl.as_secs())
@@ -330,6 +400,11 @@ impl Config {
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
         files.extend(self.auth.hmac.secrets.iter().filter_map(|s| s.file.clone()));
+        files.extend(
+            (self.dedup.redis.as_ref())
+                .and_then(|r| r.password.as_ref())
+                .and_then(|p| p.file.clone()),
+        );
         files
     }
 }
@@ -494,6 +569,159 @@ mod tests {
         assert_eq!(e.key, "dedup.redis_prefix", "{e}");
         let ok = parse(&format!("{text}redis_prefix = \"orders:\"\n")).unwrap();
         assert_eq!(ok.dedup.redis.unwrap().prefix, "orders:");
+    }
+
+    fn redis_conf(extra: &str) -> Result<Config, ConfigError> {
+        parse(&format!(
+            "{MINIMAL}[dedup]\nbackend = \"redis\"\nredis_prefix = \"orders:\"\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn a_password_in_the_redis_url_is_refused_with_where_it_belongs_and_never_quoted() {
+        for url in [
+            "redis://:hunter2@10.0.0.5:6379",
+            "rediss://app:hunter2@redis.example:6380/0",
+            "redis+sentinel://app:hunter2@s1:26379,s2/mymaster",
+        ] {
+            let e = redis_conf(&format!("redis_url = \"{url}\"\n")).unwrap_err();
+            assert_eq!(e.key, "dedup.redis_url", "{e}");
+            assert!(e.reason.contains("dedup.redis_password"), "{e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        let e = redis_conf("redis_url = \"redis://app@10.0.0.5\"\n").unwrap_err();
+        assert!(e.reason.contains("dedup.redis_username"), "{e}");
+    }
+
+    #[test]
+    fn the_redis_password_comes_from_a_secret_source_and_is_watched_like_an_hmac_secret() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("redis-password");
+        std::fs::write(&file, "from-the-secret\n").unwrap();
+        let c = redis_conf(&format!(
+            "redis_url = \"rediss://redis.example:6380\"\nredis_username = \"orders\"\n\
+             redis_password = {{ file = \"{}\" }}\non_store_error = \"refuse\"\n",
+            file.display()
+        ))
+        .unwrap();
+        let r = c.dedup.redis.as_ref().unwrap();
+        assert_eq!(r.password.as_ref().unwrap().key, b"from-the-secret");
+        assert_eq!(
+            (r.tls, r.username.as_deref(), r.on_store_error),
+            (true, Some("orders"), OnStoreError::Refuse)
+        );
+        assert!(
+            c.watched_files().contains(&file),
+            "a rotated password is seen"
+        );
+        assert!(!format!("{c:?}").contains("from-the-secret"));
+        assert_eq!(
+            c.dedup.describe(),
+            "redis (tls, auth, on_store_error refuse), ttl 86400s"
+        );
+        let e =
+            redis_conf("redis_url = \"redis://127.0.0.1\"\nredis_password = { value = \"x\" }\n")
+                .unwrap_err();
+        assert_eq!(e.key, "dedup.redis_password", "{e}");
+        assert!(e.reason.contains("env") && e.reason.contains("file"), "{e}");
+        let e = redis_conf(
+            "redis_url = \"redis://127.0.0.1\"\nredis_password = { env = \"PPS_TEST_UNSET_REDIS_PW\" }\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "dedup.redis_password.env", "{e}");
+        let e =
+            redis_conf("redis_url = \"redis://127.0.0.1\"\nredis_username = \"u\"\n").unwrap_err();
+        assert_eq!(e.key, "dedup.redis_username", "{e}");
+    }
+
+    #[test]
+    fn a_reload_names_redis_access_and_mode_changes_as_needing_a_restart_but_not_a_new_password() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("pw");
+        std::fs::write(&file, "one").unwrap();
+        let base = format!(
+            "redis_url = \"rediss://r.example\"\nredis_password = {{ file = \"{}\" }}\n",
+            file.display()
+        );
+        let old = redis_conf(&base).unwrap().dedup;
+        std::fs::write(&file, "two").unwrap();
+        assert!(
+            old.restart_needed(&redis_conf(&base).unwrap().dedup)
+                .is_empty()
+        );
+        let changed = redis_conf(&format!("{base}redis_username = \"u\"\n")).unwrap();
+        assert_eq!(
+            old.restart_needed(&changed.dedup),
+            vec![
+                "dedup.redis_ca_file, redis_tls_server_name, redis_username or redis_password's source"
+            ]
+        );
+        let changed = redis_conf(&format!("{base}on_store_error = \"refuse\"\n")).unwrap();
+        assert_eq!(
+            old.restart_needed(&changed.dedup),
+            vec!["dedup.on_store_error"]
+        );
+    }
+
+    #[test]
+    fn tls_options_need_rediss_and_a_readable_pem_bundle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = tmp.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let e = redis_conf(&format!(
+            "redis_url = \"redis://10.0.0.5\"\nredis_ca_file = \"{}\"\n",
+            ca.display()
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "dedup.redis_ca_file", "{e}");
+        assert!(e.reason.contains("rediss://"), "{e}");
+        let e = redis_conf(&format!(
+            "redis_url = \"rediss://10.0.0.5\"\nredis_ca_file = \"{}\"\n",
+            ca.display()
+        ))
+        .unwrap_err();
+        assert!(e.reason.contains("PEM"), "{e}");
+        let e =
+            redis_conf("redis_url = \"redis://10.0.0.5\"\nredis_tls_server_name = \"r.example\"\n")
+                .unwrap_err();
+        assert_eq!(e.key, "dedup.redis_tls_server_name", "{e}");
+        let e = redis_conf("redis_url = \"rediss://10.0.0.5\"\nredis_tls_server_name = \"a b\"\n")
+            .unwrap_err();
+        assert_eq!(e.key, "dedup.redis_tls_server_name", "{e}");
+        let e = parse(&format!("{MINIMAL}[dedup]\non_store_error = \"refuse\"\n")).unwrap_err();
+        assert_eq!(e.key, "dedup.on_store_error", "{e}");
+    }
+
+    #[test]
+    fn a_sentinel_url_names_its_sentinels_and_master() {
+        let c = redis_conf(
+            "redis_url = \"redis+sentinel://s1:26380,10.0.0.7,[::1]:5000/mymaster/2\"\n",
+        )
+        .unwrap();
+        let r = c.dedup.redis.unwrap();
+        assert_eq!(
+            r.target,
+            RedisTarget::Sentinel {
+                sentinels: vec![
+                    ("s1".into(), 26380),
+                    ("10.0.0.7".into(), 26379),
+                    ("::1".into(), 5000)
+                ],
+                master: "mymaster".into(),
+                db: 2,
+            }
+        );
+        assert!(!r.tls);
+        let c = redis_conf("redis_url = \"rediss+sentinel://s1/mymaster\"\n").unwrap();
+        assert!(c.dedup.redis.unwrap().tls);
+        for bad in [
+            "redis+sentinel://s1:26379",
+            "redis+sentinel://s1:x/m",
+            "memcached://x",
+        ] {
+            let e = redis_conf(&format!("redis_url = \"{bad}\"\n")).unwrap_err();
+            assert_eq!(e.key, "dedup.redis_url", "{bad}: {e}");
+        }
     }
 
     #[test]

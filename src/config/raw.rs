@@ -246,6 +246,28 @@ pub struct RawDedup {
     pub redis_prefix: Option<String>,
     pub redis_timeout_ms: u64,
     pub in_flight_wait_ms: u64,
+    /// A PEM bundle of the CAs that sign the Redis server's certificate (`rediss://` only).
+    pub redis_ca_file: Option<PathBuf>,
+    /// The name the Redis server's certificate must hold, when it is not the host of `redis_url`.
+    pub redis_tls_server_name: Option<String>,
+    /// An ACL user; absent: the `default` user.
+    pub redis_username: Option<String>,
+    /// `{ env = "..." }` or `{ file = "..." }`, as an HMAC secret; never `value` (the ConfigMap).
+    pub redis_password: Option<RawSecret>,
+    /// What a claim does when Redis cannot decide it; absent: `local`.
+    pub on_store_error: Option<OnStoreError>,
+}
+
+/// `dedup.on_store_error`.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    /// Forward on this replica's local claim: deliveries flow, a duplicate may reach the app through
+    /// another replica.
+    #[default]
+    Local,
+    /// Answer 503 + Retry-After: no duplicate, Pitchpoint retries once Redis is back.
+    Refuse,
 }
 
 impl Default for RawDedup {
@@ -259,6 +281,11 @@ impl Default for RawDedup {
             redis_prefix: None,
             redis_timeout_ms: 250,
             in_flight_wait_ms: 5_000,
+            redis_ca_file: None,
+            redis_tls_server_name: None,
+            redis_username: None,
+            redis_password: None,
+            on_store_error: None,
         }
     }
 }

@@ -351,17 +351,29 @@ impl Validator<'_> {
         if raw.redis_timeout_ms == 0 {
             return Err(self.err("dedup.redis_timeout_ms", "must be greater than 0"));
         }
+        let (enabled, backend) = (raw.enabled, raw.backend);
+        let ttl = Duration::from_secs(raw.ttl_seconds);
+        let (max_entries, in_flight_wait) = (
+            raw.max_entries,
+            Duration::from_millis(raw.in_flight_wait_ms),
+        );
         let redis = match raw.backend {
-            Backend::Redis => Some(self.redis(&raw)?),
+            Backend::Redis => Some(self.redis(raw)?),
+            Backend::Memory if raw.on_store_error == Some(OnStoreError::Refuse) => {
+                return Err(self.err(
+                    "dedup.on_store_error",
+                    "applies only to backend = \"redis\" (the local store cannot fail)",
+                ));
+            }
             Backend::Memory => None,
         };
         Ok(DedupConfig {
-            enabled: raw.enabled,
-            ttl: Duration::from_secs(raw.ttl_seconds),
-            max_entries: raw.max_entries,
-            backend: raw.backend,
+            enabled,
+            ttl,
+            max_entries,
+            backend,
             redis,
-            in_flight_wait: Duration::from_millis(raw.in_flight_wait_ms),
+            in_flight_wait,
         })
     }
 
@@ -387,21 +399,17 @@ impl Validator<'_> {
     }
 
     /// Two apps sharing one Redis under a default prefix would answer each other's events as duplicates:
-    /// the prefix has no default.
-    fn redis(&self, raw: &RawDedup) -> Result<RedisConfig, ConfigError> {
+    /// the prefix has no default. No credential is read from the URL (it is in a ConfigMap): the password
+    /// comes from a secret source, and no reason quotes the URL.
+    fn redis(&self, raw: RawDedup) -> Result<RedisConfig, ConfigError> {
         let Some(url) = &raw.redis_url else {
             return Err(self.err(
                 "dedup.redis_url",
                 "is required when dedup.backend = \"redis\"",
             ));
         };
-        // The URL may hold a password: the reason never quotes it.
-        if redis::Client::open(url.as_str()).is_err() {
-            return Err(self.err(
-                "dedup.redis_url",
-                "expected redis://host[:port][/db] (or rediss://, unix://)",
-            ));
-        }
+        let (target, tls) =
+            redis_target(url).map_err(|reason| self.err("dedup.redis_url", reason))?;
         let prefix = raw.redis_prefix.as_deref().unwrap_or("");
         if prefix.trim().is_empty() {
             return Err(self.err(
@@ -410,12 +418,192 @@ impl Validator<'_> {
                  (such as \"orders-app:\")",
             ));
         }
+        if !tls && raw.redis_ca_file.is_some() {
+            return Err(self.err(
+                "dedup.redis_ca_file",
+                "applies only to TLS: use rediss:// (or rediss+sentinel://) in dedup.redis_url",
+            ));
+        }
+        if !tls && raw.redis_tls_server_name.is_some() {
+            return Err(self.err(
+                "dedup.redis_tls_server_name",
+                "applies only to TLS: use rediss:// (or rediss+sentinel://) in dedup.redis_url",
+            ));
+        }
+        let ca_file = match raw.redis_ca_file {
+            Some(path) => {
+                let path = if path.is_relative() {
+                    self.base.parent().unwrap_or(Path::new(".")).join(path)
+                } else {
+                    path
+                };
+                let text = std::fs::read(&path).map_err(|e| {
+                    self.err(
+                        "dedup.redis_ca_file",
+                        format!("cannot read {}: {}", path.display(), e.kind()),
+                    )
+                })?;
+                if !text
+                    .windows(27)
+                    .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+                {
+                    return Err(self.err(
+                        "dedup.redis_ca_file",
+                        "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                    ));
+                }
+                Some(path)
+            }
+            None => None,
+        };
+        if let Some(name) = &raw.redis_tls_server_name
+            && !is_dns_name(name)
+        {
+            return Err(self.err(
+                "dedup.redis_tls_server_name",
+                "expected a DNS name such as \"redis.example.internal\"",
+            ));
+        }
+        if let Some(user) = &raw.redis_username
+            && (user.is_empty() || user.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(self.err(
+                "dedup.redis_username",
+                "expected an ACL user name, without spaces",
+            ));
+        }
+        let password = match raw.redis_password {
+            Some(p) => {
+                let key = "dedup.redis_password";
+                if p.value.is_some() {
+                    return Err(self.err(
+                        key,
+                        "a password is never written in the configuration: use { env = \"NAME\" } or \
+                         { file = \"/path\" } (a mounted Secret)",
+                    ));
+                }
+                if p.name.is_some() || p.not_after.is_some() {
+                    return Err(self.err(
+                        key,
+                        "takes only env or file (name and not_after are for HMAC secrets)",
+                    ));
+                }
+                Some(
+                    secrets::resolve(key, 0, p, self.base, &self.read)
+                        .map_err(|(key, reason)| self.err(key, reason))?,
+                )
+            }
+            None => None,
+        };
+        if raw.redis_username.is_some() && password.is_none() {
+            return Err(self.err(
+                "dedup.redis_username",
+                "needs dedup.redis_password: an ACL user authenticates with a password",
+            ));
+        }
         Ok(RedisConfig {
-            url: url.clone(),
+            target,
+            tls,
+            ca_file,
+            tls_server_name: raw.redis_tls_server_name,
+            username: raw.redis_username,
+            password,
             prefix: prefix.to_string(),
             timeout: Duration::from_millis(raw.redis_timeout_ms),
+            on_store_error: raw.on_store_error.unwrap_or_default(),
         })
     }
+}
+
+/// `dedup.redis_url`, parsed: where Redis is and whether TLS is on. The reason never quotes the URL (it
+/// may hold a password, the one thing it must not hold).
+fn redis_target(url: &str) -> Result<(RedisTarget, bool), String> {
+    const EXPECTED: &str = "expected redis://host[:port][/db], rediss://host[:port][/db] (TLS), unix:///path, \
+         or redis+sentinel://host1[:port],host2[:port]/master (rediss+sentinel:// for TLS)";
+    let (scheme, rest) = url.split_once("://").ok_or(EXPECTED)?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        return Err(if userinfo.contains(':') {
+            "holds a password, which a ConfigMap must not: remove it from the URL and set \
+             dedup.redis_password = { env = \"NAME\" } or { file = \"/path\" } (from a Secret), and \
+             dedup.redis_username for an ACL user"
+                .into()
+        } else {
+            "holds a user name: set it in dedup.redis_username instead (and the password in \
+             dedup.redis_password, from a Secret)"
+                .into()
+        });
+    }
+    if url.contains("password=") || url.contains("pass=") {
+        return Err("holds a password parameter, which a ConfigMap must not: set \
+                    dedup.redis_password = { env = \"NAME\" } or { file = \"/path\" } (from a Secret)"
+            .into());
+    }
+    match scheme {
+        "redis" | "rediss" | "unix" => {
+            if redis::Client::open(url).is_err() {
+                return Err(EXPECTED.into());
+            }
+            Ok((
+                RedisTarget::Server {
+                    url: url.to_string(),
+                },
+                scheme == "rediss",
+            ))
+        }
+        "redis+sentinel" | "rediss+sentinel" => {
+            let mut parts = rest.splitn(3, '/');
+            let hosts = parts.next().unwrap_or("");
+            let master = parts.next().unwrap_or("");
+            let db = match parts.next() {
+                None | Some("") => 0,
+                Some(db) => db.parse::<i64>().map_err(|_| EXPECTED)?,
+            };
+            if master.is_empty() || master.contains(['?', '#']) {
+                return Err(
+                    "names no master: expected redis+sentinel://host1[:port],host2[:port]/master"
+                        .into(),
+                );
+            }
+            let mut sentinels = Vec::new();
+            for h in hosts.split(',') {
+                let (host, port) = match h.rsplit_once(':') {
+                    Some((host, port)) if !host.ends_with(']') || h.starts_with('[') => (
+                        host,
+                        port.parse::<u16>()
+                            .map_err(|_| "a sentinel's port is not a number (1 to 65535)")?,
+                    ),
+                    _ => (h, 26379),
+                };
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                if host.is_empty() || port == 0 {
+                    return Err(EXPECTED.into());
+                }
+                sentinels.push((host.to_string(), port));
+            }
+            Ok((
+                RedisTarget::Sentinel {
+                    sentinels,
+                    master: master.to_string(),
+                    db,
+                },
+                scheme == "rediss+sentinel",
+            ))
+        }
+        _ => Err(EXPECTED.into()),
+    }
+}
+
+/// A DNS name a certificate can hold: labels of letters, digits and `-`, `*.` allowed first.
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }
 
 fn trimmed(v: Vec<String>) -> Vec<String> {

@@ -13,6 +13,7 @@
 //! when its body is done or in flight under another key: the HMAC covers the body only, so a captured
 //! delivery can be replayed under a fresh id.
 
+mod connect;
 pub mod memory;
 pub mod redis;
 

@@ -17,9 +17,16 @@
 //! key or returns what it holds, in one round trip (a Lua script rather than `SET NX GET`, which needs
 //! Redis 7): an existing key is never taken for an absent one because a second read failed.
 //!
-//! Redis is an optimisation of the contract, never a condition for deliveries: when it is slow or down,
-//! each operation falls back to the local store after a short timeout, and Redis is left alone for a
-//! moment before the next try. A commit that could not reach Redis is queued (bounded, oldest dropped) and
+//! By default (`on_store_error = "local"`) Redis is an optimisation of the contract, never a condition for
+//! deliveries: when it is slow or down, each operation falls back to the local store after a short
+//! timeout, and Redis is left alone for a moment before the next try. With `"refuse"` a claim Redis cannot
+//! decide is `Unavailable` (the pipeline answers 503 + Retry-After) and the local claim is released: no
+//! copy goes past a shared store that could not see it.
+//!
+//! How Redis is reached (TLS, credentials, Sentinel) is `connect`'s. The connection is one multiplexed
+//! connection, dropped on any failure; the next try connects again (re-reading the password file and CA
+//! bundle, asking the sentinels again). With Sentinel a task also asks the sentinels which server is the
+//! master every `SENTINEL_CHECK`, and drops a connection to another one. A commit that could not reach Redis is queued (bounded, oldest dropped) and
 //! replayed once Redis answers again, so another replica does not forward the duplicate for the rest of the
 //! TTL. The local store also remembers every done key, so a replica answers its own duplicates without a
 //! round trip.
@@ -29,18 +36,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
+use redis::ConnectionAddr;
+use redis::aio::MultiplexedConnection;
 
+use super::connect::Connector;
 use super::memory::MemoryStore;
 use super::{Body, BodyDigest, DedupStore, Done, Held, Key, StoreClaim};
-use crate::config::RedisConfig;
+use crate::config::{OnStoreError, RedisConfig};
 use crate::metrics::{self, METRICS};
 
 /// After a failure, Redis is not asked again for this long: deliveries do not each pay the timeout.
 const BACKOFF: Duration = Duration::from_secs(1);
 /// How often a duplicate polls the state of a claim held by another replica.
 const POLL: Duration = Duration::from_millis(20);
+/// How often the sentinels are asked which server is the master (one command on a kept connection), to
+/// follow a failover even when the old master still answers (it does until Sentinel demotes it, seconds
+/// later, and what it takes meanwhile is lost when it does).
+const SENTINEL_CHECK: Duration = Duration::from_millis(250);
 /// Commits waiting for Redis to come back, at most: about 100 bytes each.
 const MAX_PENDING: usize = 10_000;
 
@@ -76,12 +88,23 @@ pub struct RedisStore {
     /// Names this replica's claims in Redis: local tokens are only unique within one process.
     replica: u64,
     in_flight_ttl: Duration,
+    /// `Refuse`: a claim Redis cannot decide is answered `Unavailable` instead of forwarded on the local
+    /// claim alone.
+    on_error: OnStoreError,
 }
 
 /// What the process shares with the task that replays commits.
 struct Remote {
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    connector: Connector,
+    /// The connection in use; dropped on any failure, so that the next try connects again (for
+    /// Sentinel: asks the sentinels again, which is how a failover is followed).
+    conn: Mutex<Option<(MultiplexedConnection, ConnectionAddr)>>,
+    /// Whether the task that follows the sentinels runs.
+    watching: std::sync::atomic::AtomicBool,
+    /// Whether a task is connecting: one attempt at a time, in a task of its own (see `conn`).
+    connecting: std::sync::atomic::AtomicBool,
+    /// Woken when a connection attempt ends.
+    attempted: tokio::sync::Notify,
     prefix: String,
     timeout: Duration,
     ttl: Duration,
@@ -90,6 +113,8 @@ struct Remote {
     release: redis::Script,
     health: Mutex<Health>,
     pending: Mutex<Pending>,
+    /// What deliveries do meanwhile, for the log line.
+    on_error: OnStoreError,
 }
 
 #[derive(Default)]
@@ -166,9 +191,11 @@ impl RedisStore {
         local: MemoryStore,
     ) -> Self {
         let remote = Remote {
-            client: redis::Client::open(config.url.as_str())
-                .expect("the URL was validated with the configuration"),
-            conn: OnceCell::new(),
+            connector: Connector::new(config),
+            conn: Mutex::new(None),
+            watching: Default::default(),
+            connecting: Default::default(),
+            attempted: tokio::sync::Notify::new(),
             prefix: config.prefix.clone(),
             timeout: config.timeout,
             ttl,
@@ -177,12 +204,14 @@ impl RedisStore {
             release: redis::Script::new(RELEASE),
             health: Mutex::new(Health::default()),
             pending: Mutex::new(Pending::default()),
+            on_error: config.on_store_error,
         };
         Self {
             remote: Arc::new(remote),
             local,
             replica: uuid::Uuid::new_v4().as_u64_pair().0,
             in_flight_ttl,
+            on_error: config.on_store_error,
         }
     }
 
@@ -231,10 +260,14 @@ impl RedisStore {
     /// One line for `/readyz`.
     pub fn status(&self) -> String {
         let h = self.remote.health.lock().unwrap_or_else(|e| e.into_inner());
-        match h.down_since {
-            None => "dedup: redis ok".into(),
-            Some(t) => format!(
+        match (h.down_since, self.on_error) {
+            (None, _) => "dedup: redis ok".into(),
+            (Some(t), OnStoreError::Local) => format!(
                 "dedup: redis unreachable for {:.0} s, using the local cache (deliveries flow, duplicates across replicas may reach the app)",
+                t.elapsed().as_secs_f64()
+            ),
+            (Some(t), OnStoreError::Refuse) => format!(
+                "dedup: redis unreachable for {:.0} s, deliveries answered 503 + Retry-After until it is back (on_store_error = \"refuse\")",
                 t.elapsed().as_secs_f64()
             ),
         }
@@ -255,13 +288,16 @@ impl DedupStore for RedisStore {
             token,
             body,
         };
+        Remote::watch(&self.remote);
         let keys = self.keys(key, body);
         let value = self.claim_value(token);
         let ttl_ms = self.in_flight_ttl.as_millis() as u64;
         let shared = loop {
             match self.remote.claim(&keys, &value, ttl_ms).await {
-                // Claimed in Redis, or Redis is unreachable: forwarded on the local claim alone.
-                Some(None) | None => return StoreClaim::Acquired(token),
+                Some(None) => return StoreClaim::Acquired(token),
+                // Redis cannot decide: forwarded on the local claim alone, or refused (strict mode).
+                None if self.on_error == OnStoreError::Refuse => break StoreClaim::Unavailable,
+                None => return StoreClaim::Acquired(token),
                 Some(Some(v)) if v == "b:" => break StoreClaim::ReplayedBody,
                 Some(Some(v)) => match parse(&v) {
                     Stored::Done(done) => break StoreClaim::Duplicate(done),
@@ -269,7 +305,11 @@ impl DedupStore for RedisStore {
                     Stored::InFlight => match self.wait_shared(&keys.event, deadline).await {
                         Some(Waited::Done(done)) => break StoreClaim::Duplicate(done),
                         Some(Waited::Freed) => continue,
-                        Some(Waited::Busy) | None => break StoreClaim::Busy,
+                        Some(Waited::Busy) => break StoreClaim::Busy,
+                        None if self.on_error == OnStoreError::Refuse => {
+                            break StoreClaim::Unavailable;
+                        }
+                        None => break StoreClaim::Busy,
                     },
                 },
             }
@@ -339,12 +379,19 @@ impl Remote {
 
     fn failed(&self, what: &str, e: &str) {
         METRICS.dedup_error();
+        self.down(what, e);
+    }
+
+    /// Marks Redis down (logged once) and leaves it alone for `BACKOFF`.
+    fn down(&self, what: &str, e: &str) {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if h.down_since.is_none() {
-            log::warn!(
-                "dedup: redis {what} failed ({e}); using this replica's local cache until it is back"
-            );
+            let meanwhile = match self.on_error {
+                OnStoreError::Local => "using this replica's local cache until it is back",
+                OnStoreError::Refuse => "deliveries get 503 + Retry-After until it is back",
+            };
+            log::warn!("dedup: redis {what} failed ({e}); {meanwhile}");
             h.down_since = Some(now);
         }
         h.retry_at = Some(now + BACKOFF);
@@ -361,35 +408,106 @@ impl Remote {
         h.retry_at = None;
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, String> {
-        self.conn
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout))
-                    .set_number_of_retries(1);
-                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-            })
-            .await
-            .cloned()
-            .map_err(|e| e.to_string())
+    /// The connection in use, or a new one. The attempt runs in a task of its own, with the longer
+    /// budget a TLS handshake or a Sentinel lookup may need (`connect::CONNECT_BUDGET`), and the caller
+    /// waits for it no longer than the timeout: a slow first handshake is then ready for the next
+    /// delivery. `None`: no connection within the timeout (a failed attempt logs its reason itself).
+    async fn conn(self: &Arc<Self>) -> Option<MultiplexedConnection> {
+        use std::sync::atomic::Ordering;
+        if let Some(c) = self.cached() {
+            return Some(c);
+        }
+        let attempted = self.attempted.notified();
+        tokio::pin!(attempted);
+        attempted.as_mut().enable();
+        if let Some(c) = self.cached() {
+            return Some(c);
+        }
+        if !self.connecting.swap(true, Ordering::AcqRel) {
+            let this = self.clone();
+            tokio::spawn(async move {
+                match this.connector.connect().await {
+                    Ok((c, at)) => {
+                        *this.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some((c, at));
+                    }
+                    Err(e) => this.down("connect", &e),
+                }
+                this.connecting.store(false, Ordering::Release);
+                this.attempted.notify_waiters();
+            });
+        }
+        // Whether it ended or not: an attempt that failed has left Redis alone for `BACKOFF`.
+        let _ = tokio::time::timeout(self.timeout, attempted).await;
+        self.cached()
+    }
+
+    fn cached(&self) -> Option<MultiplexedConnection> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        conn.as_ref().map(|(c, _)| c.clone())
+    }
+
+    /// With Sentinel, starts the task that follows the master, once.
+    fn watch(this: &Arc<Remote>) {
+        use std::sync::atomic::Ordering;
+        if !this.connector.sentinel() || this.watching.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(this.clone().follow_master())),
+            Err(_) => this.watching.store(false, Ordering::Relaxed),
+        }
+    }
+
+    /// Asks the sentinels every `SENTINEL_CHECK` which server is the master, and drops the connection
+    /// when it is to another one: the next operation connects to the new master.
+    async fn follow_master(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(SENTINEL_CHECK).await;
+            let connected = {
+                let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+                conn.as_ref().map(|(_, at)| at.clone())
+            };
+            let Some(connected) = connected else {
+                continue;
+            };
+            let at = match &connected {
+                ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                    (host.as_str(), *port)
+                }
+                _ => continue,
+            };
+            if let Some((host, port)) = self.connector.named_master().await
+                && (host.as_str(), port) != at
+            {
+                log::warn!(
+                    "dedup: the sentinels name another master ({host}:{port}, was {connected}); reconnecting"
+                );
+                let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+                if conn.as_ref().is_some_and(|(_, at)| *at == connected) {
+                    conn.take();
+                }
+            }
+        }
+    }
+
+    /// Forgets the connection: a failed one may be dead, or to a master that is a replica now.
+    fn disconnect(&self) {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Runs one Redis operation within the timeout; `None` if it failed or Redis is left alone for now.
-    async fn run<T, F, Fut>(&self, what: &str, op: F) -> Option<T>
+    async fn run<T, F, Fut>(self: &Arc<Self>, what: &str, op: F) -> Option<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        if self.retry_at().is_some() {
+        // Left alone after a failure, unless a connection was made since (a failed one is dropped).
+        if self.retry_at().is_some() && self.cached().is_none() {
             return None;
         }
-        let conn = match self.conn().await {
-            Ok(c) => c,
-            Err(e) => {
-                self.failed(what, &e);
-                return None;
-            }
+        let Some(conn) = self.conn().await else {
+            self.failed(what, "no connection within the timeout");
+            return None;
         };
         match tokio::time::timeout(self.timeout, op(conn)).await {
             Ok(Ok(v)) => {
@@ -397,10 +515,12 @@ impl Remote {
                 Some(v)
             }
             Ok(Err(e)) => {
+                self.disconnect();
                 self.failed(what, &e.to_string());
                 None
             }
             Err(_) => {
+                self.disconnect();
                 self.failed(what, "timed out");
                 None
             }
@@ -409,7 +529,12 @@ impl Remote {
 
     /// Claims `keys` with `value`: `Some(None)` if claimed, `Some(Some(held))` if the event key holds
     /// `held` (or the body is another event's: `b:`).
-    async fn claim(&self, keys: &Keys, value: &str, ttl_ms: u64) -> Option<Option<String>> {
+    async fn claim(
+        self: &Arc<Self>,
+        keys: &Keys,
+        value: &str,
+        ttl_ms: u64,
+    ) -> Option<Option<String>> {
         let script = &self.claim;
         self.run("claim", |mut c| async move {
             let mut inv = script.key(&keys.event);
@@ -421,7 +546,7 @@ impl Remote {
         .await
     }
 
-    async fn get(&self, rkey: &str) -> Option<Option<String>> {
+    async fn get(self: &Arc<Self>, rkey: &str) -> Option<Option<String>> {
         self.run("GET", |mut c| async move {
             redis::cmd("GET").arg(rkey).query_async(&mut c).await
         })
@@ -429,7 +554,7 @@ impl Remote {
     }
 
     /// Marks `keys` done with `value` for `ttl`; `None` if Redis did not take it.
-    async fn set_done(&self, keys: &Keys, value: &str, ttl: Duration) -> Option<()> {
+    async fn set_done(self: &Arc<Self>, keys: &Keys, value: &str, ttl: Duration) -> Option<()> {
         let ttl_ms = ttl.as_millis().max(1) as u64;
         let script = &self.commit;
         let _: i64 = self

@@ -9,6 +9,10 @@
 //! - every event ended, with a 2xx or by giving up after `MAX_ATTEMPTS` (counted);
 //! - no event was acknowledged by the app twice, except in the windows README.md documents (counted).
 //!
+//! In strict mode (`dedup.on_store_error = "refuse"`) the same run must show no event acknowledged twice
+//! because of Redis, inside the pause or after it, and every flow must end with a 2xx: a delivery the
+//! shared store cannot decide is answered 503 + Retry-After, and goes through once Redis is back.
+//!
 //! Seeded (`CHAOS_SEED`, else `SEED`): the app's answer to the n-th arrival of an event and the sender's
 //! choices follow from it; the interleaving of concurrent flows does not. Loopback only.
 
@@ -326,17 +330,20 @@ fn flows(seed: u64) -> VecDeque<usize> {
     order.into()
 }
 
-/// When the faults happened.
+/// When the faults happened, and in which mode the replicas met them.
 #[derive(Default, Debug)]
 struct Faults {
+    /// `on_store_error = "refuse"`: no Redis window is accepted.
+    strict: bool,
     paused: Option<Instant>,
     resumed: Option<Instant>,
     killed: Option<Instant>,
 }
 
-fn sidecar_toml(redis: &TestRedis) -> String {
+fn sidecar_toml(redis: &TestRedis, strict: bool) -> String {
+    let mode = if strict { "refuse" } else { "local" };
     format!(
-        "{}in_flight_wait_ms = 1000\n\n[upstream]\nread_timeout_ms = {READ_TIMEOUT_MS}\nconnect_timeout_ms = 200\n",
+        "{}in_flight_wait_ms = 1000\non_store_error = \"{mode}\"\n\n[upstream]\nread_timeout_ms = {READ_TIMEOUT_MS}\nconnect_timeout_ms = 200\n",
         redis.toml().replace("in_flight_wait_ms = 5000\n", "")
     )
 }
@@ -349,10 +356,17 @@ async fn inject(
     app: SocketAddr,
     done: &AtomicUsize,
     total: usize,
+    strict: bool,
 ) -> (Faults, Sidecar) {
-    let mut f = Faults::default();
+    let mut f = Faults {
+        strict,
+        ..Faults::default()
+    };
+    // Every flow ends within MAX_ATTEMPTS backoffs (under 40 s); past this the run is stuck.
+    let stuck = Instant::now() + Duration::from_secs(180);
     let reached = |n: usize| async move {
         while done.load(Ordering::Relaxed) < n {
+            assert!(Instant::now() < stuck, "never: {n} flows ended");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
@@ -369,7 +383,7 @@ async fn inject(
     signal(b.pid(), "KILL");
     f.killed = Some(Instant::now());
     drop(b);
-    let b = Sidecar::start_at(addr, admin, app, &sidecar_toml(redis), &[]).await;
+    let b = Sidecar::start_at(addr, admin, app, &sidecar_toml(redis, strict), &[]).await;
     (f, b)
 }
 
@@ -387,8 +401,9 @@ fn window(f: &Faults, earlier: &[Ack], again: Ack) -> Option<&'static str> {
     }
     let (paused, resumed) = (f.paused.unwrap(), f.resumed.unwrap());
     // A replica answers what it acknowledged itself from its local cache, Redis or not.
+    // In strict mode no delivery goes past a shared store that cannot decide: no Redis window.
     let seen_here = earlier.iter().any(|e| e.replica == again.replica);
-    if !seen_here && again.at >= paused && again.at <= resumed + REDIS_WINDOW_AFTER {
+    if !f.strict && !seen_here && again.at >= paused && again.at <= resumed + REDIS_WINDOW_AFTER {
         return Some("Redis unreachable (or its commits not yet replayed)");
     }
     None
@@ -397,14 +412,24 @@ fn window(f: &Faults, earlier: &[Ack], again: Ack) -> Option<&'static str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sender_2xx_follows_the_apps_and_duplicates_reach_the_app_only_in_documented_windows()
 {
+    ledger(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_strict_mode_no_event_reaches_the_app_twice_through_a_redis_pause_and_every_flow_ends_2xx()
+ {
+    ledger(true).await;
+}
+
+async fn ledger(strict: bool) {
     let seed = std::env::var("CHAOS_SEED")
         .map(|s| s.parse().expect("CHAOS_SEED is a number"))
         .unwrap_or(SEED);
     let started = Instant::now();
     let redis = TestRedis::start(free_port()).await;
     let (app, app_ledger) = start_app(seed).await;
-    let a = Sidecar::start_with(app[0], &sidecar_toml(&redis), &[]).await;
-    let b = Sidecar::start_with(app[1], &sidecar_toml(&redis), &[]).await;
+    let a = Sidecar::start_with(app[0], &sidecar_toml(&redis, strict), &[]).await;
+    let b = Sidecar::start_with(app[1], &sidecar_toml(&redis, strict), &[]).await;
     let targets = [a.addr, b.addr];
 
     let ids = Arc::new(ids(seed));
@@ -434,7 +459,7 @@ async fn every_sender_2xx_follows_the_apps_and_duplicates_reach_the_app_only_in_
             })
         })
         .collect();
-    let (faults, b) = inject(&redis, b, app[1], &done, total).await;
+    let (faults, b) = inject(&redis, b, app[1], &done, total, strict).await;
     for w in workers {
         w.await.unwrap();
     }
@@ -459,6 +484,7 @@ fn check(
     metrics: &[String; 2],
     elapsed: Duration,
 ) {
+    let strict = faults.strict;
     assert_eq!(sender.ends.len(), flows(seed).len(), "every flow ended");
     let mut breaches = Vec::new();
     let (mut successes, mut dup_answers, mut gave_up, mut forbidden) = (0, 0, 0, 0);
@@ -503,7 +529,11 @@ fn check(
     };
     let mut answers: Vec<_> = sender.answers.iter().collect();
     answers.sort();
-    println!("chaos ledger, seed {seed} ({:.1} s)", elapsed.as_secs_f64());
+    let mode = if strict { "strict (refuse)" } else { "local" };
+    println!(
+        "chaos ledger, seed {seed}, on_store_error {mode} ({:.1} s)",
+        elapsed.as_secs_f64()
+    );
     println!(
         "  events {} (all ended: {}), flows {} ({} duplicated), attempts {}",
         ids.len(),
@@ -553,4 +583,11 @@ fn check(
     );
     assert_eq!(ended.len(), ids.len(), "every event ended");
     assert!(breaches.is_empty(), "{breaches:#?}");
+    if strict {
+        assert_eq!(
+            (gave_up, forbidden),
+            (0, 0),
+            "in strict mode every flow ends with a 2xx once Redis is back"
+        );
+    }
 }

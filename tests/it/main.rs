@@ -21,6 +21,8 @@ mod monitoring;
 mod operations;
 mod redis;
 mod redis_faults;
+mod redis_sentinel;
+mod redis_tls;
 mod retry;
 mod runbooks;
 mod secrets;

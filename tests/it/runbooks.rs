@@ -407,8 +407,14 @@ async fn try_one(pod: &Pod, here: &Path, log: &Path, signed: &Delivery, cmd: &st
         args.extend(["--dry-run=client".into(), "-o".into(), "yaml".into()]);
         let (code, out, err) = kubectl(&args, here);
         assert_eq!(code, 0, "{what}: {err}");
+        // The key the manifests mount from that Secret.
+        let key = if cmd.contains(" pps-redis ") {
+            "password: "
+        } else {
+            "hmac: "
+        };
         assert!(
-            out.contains("kind: Secret") && out.contains("hmac: "),
+            out.contains("kind: Secret") && out.contains(key),
             "{what}: {out}"
         );
         return;
