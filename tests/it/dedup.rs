@@ -192,3 +192,72 @@ async fn dedup_disabled_forwards_every_copy() {
     assert_eq!(r.get("x-pps-duplicate"), None);
     assert_eq!(app.count(), 2);
 }
+
+/// The same webhook id with another body: still a duplicate (never a second trip to the app), and seen by
+/// operators: a warning and `pps_sidecar_dedup_body_mismatch_total`. Against both stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_id_with_another_body_is_answered_as_a_duplicate_and_counted() {
+    let redis = TestRedis::start(free_port()).await;
+    for store in [String::new(), redis.toml()] {
+        let app = TestApp::start().await;
+        let sidecar = Sidecar::start(&app, &store).await;
+        let first = Delivery::json();
+        assert_eq!(sidecar.send(&first).await.status, 200);
+        let same = sidecar.send(&first).await;
+        assert_eq!(same.get("x-pps-duplicate"), Some("true"));
+        let other = Delivery::new(r#"{"order":{"id":6666,"total":"0.01"}}"#)
+            .set("X-Pps-Webhook-Id", Some(&first.id()));
+        let r = sidecar.send(&other).await;
+        assert_eq!((r.status, r.get("x-pps-duplicate")), (200, Some("true")));
+        assert_eq!(app.count(), 1, "{store}");
+        let m = sidecar.metrics().await;
+        assert_eq!(
+            metric(&m, "pps_sidecar_dedup_body_mismatch_total"),
+            1.0,
+            "{store}"
+        );
+        let line = sidecar.log_with("another body", 1).await;
+        assert!(line.contains("answered as a duplicate"), "{line}");
+    }
+}
+
+/// HMAC covers the body only: one captured delivery replayed under fresh ids reaches the app each time,
+/// unless `auth.hmac.replay_guard` refuses a body already acknowledged under another id (`403`,
+/// `replayed_body`). Against both stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_guard_refuses_an_acknowledged_body_under_a_fresh_id() {
+    let redis = TestRedis::start(free_port()).await;
+    let body = r#"{"order":{"id":4242,"total":"99.00"}}"#;
+    let app = TestApp::start().await;
+    let off = Sidecar::start(&app, "").await;
+    assert_eq!(off.send(&Delivery::new(body)).await.status, 200);
+    assert_eq!(off.send(&Delivery::new(body)).await.status, 200);
+    assert_eq!(
+        app.count(),
+        2,
+        "off by default: a replay under a fresh id is a new event"
+    );
+    for store in [String::new(), redis.toml()] {
+        let app = TestApp::start().await;
+        let guard = format!("[auth.hmac]\nreplay_guard = true\n{store}");
+        let sidecar = Sidecar::start(&app, &guard).await;
+        let genuine = Delivery::new(body);
+        assert_eq!(sidecar.send(&genuine).await.status, 200);
+        let replay = Delivery::new(body);
+        assert_eq!(sidecar.send(&replay).await.status, 403, "{store}");
+        assert_eq!(
+            sidecar.send(&genuine).await.get("x-pps-duplicate"),
+            Some("true"),
+            "the genuine id is still a duplicate"
+        );
+        assert_eq!(app.count(), 1, "{store}");
+        let m = sidecar.metrics().await;
+        assert_eq!(
+            metric(
+                &m,
+                "pps_sidecar_auth_failures_total{reason=\"replayed_body\"}"
+            ),
+            1.0
+        );
+    }
+}
