@@ -25,4 +25,5 @@ pub mod server;
 pub mod spool;
 pub mod state;
 pub mod timefmt;
+pub mod trace;
 pub mod upstream;

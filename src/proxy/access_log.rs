@@ -1,5 +1,5 @@
-//! One line per request: method, path, status, outcome, tenant, topic, webhook id, app latency. Ids and
-//! names only: never a secret, a token, a signature or a body.
+//! One line per request: method, path, status, outcome, tenant, topic, webhook id, app latency, request
+//! id and trace id. Ids and names only: never a secret, a token, a signature or a body.
 //!
 //! Values that come from the request are quoted and escaped (text) or JSON strings (json), so that no
 //! header can forge a field or a line. The other values come from fixed vocabularies and numbers.
@@ -12,6 +12,7 @@ use pingora::http::RequestHeader;
 use super::ended::Ended;
 use crate::config::LogFormat;
 use crate::logging::{ACCESS, quote};
+use crate::trace::Context;
 
 /// Writes the access line of a finished request. A delivery's tenant, topic and webhook id are its
 /// headers' even when it was refused; `verified` says whether they were proven (`none`: they were not).
@@ -19,9 +20,11 @@ pub fn write(
     req: &RequestHeader,
     ended: &Ended,
     request_id: &str,
+    trace: &Context,
     started: Instant,
     format: LogFormat,
 ) {
+    let trace_id = trace.trace_id_hex();
     let d = ended.delivery.as_ref();
     let verified = match &ended.verified {
         Some(v) => Some(v.label()),
@@ -47,6 +50,7 @@ pub fn write(
             Field::Word(ended.failure.map(|f| f.reason())),
         ),
         ("request_id", Field::Text(Some(request_id))),
+        ("trace_id", Field::Text(std::str::from_utf8(&trace_id).ok())),
     ];
     let line = match format {
         LogFormat::Text => text_line(&fields),
