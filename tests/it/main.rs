@@ -24,3 +24,4 @@ mod retry;
 mod runbooks;
 mod secrets;
 mod spool;
+mod tracing;
