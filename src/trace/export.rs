@@ -5,7 +5,8 @@
 //! full (the collector is down or slow) the spans are dropped and counted
 //! (`pps_sidecar_trace_spans_dropped_total{reason="queue_full"}`). One thread of its own, with a runtime of
 //! its own, empties the queue: it gathers up to `MAX_BATCH` requests' spans, or what came within
-//! `BATCH_DELAY` of the first, and sends them in one `POST {endpoint}/v1/traces` bounded by
+//! `BATCH_DELAY` of the first (sleeping meanwhile, so that a request's `try_send` never has to wake it),
+//! and sends them in one `POST {endpoint}/v1/traces` bounded by
 //! `EXPORT_TIMEOUT`. A batch the collector does not take (refused, unreachable, too slow) is dropped and
 //! counted (`reason="export_failed"`), not retried: the queue stays the only memory export may hold, and
 //! nothing a delivery waits for shares a thread with the exporter.
@@ -23,12 +24,14 @@ use super::{Context, to_hex};
 use crate::config::TracingConfig;
 use crate::metrics::METRICS;
 
-/// Requests whose spans wait for export, at most (each has one or two spans).
-const QUEUE: usize = 2048;
+/// Requests whose spans wait for export, at most (each has one or two spans, about 1 KiB together).
+const QUEUE: usize = 4096;
 /// Requests' spans in one export, at most.
-const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 512;
 /// How long a batch waits for more spans after its first.
 const BATCH_DELAY: Duration = Duration::from_millis(500);
+/// How often a filling batch looks whether it is full.
+const FILL_TICK: Duration = Duration::from_millis(25);
 /// One export, connecting included (the OTLP exporters' default).
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -174,13 +177,16 @@ async fn run(mut rx: mpsc::Receiver<Finished>, url: String) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut failing = false;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // The batch fills while this thread sleeps: waiting on the queue would have every request's
+        // `try_send` wake it (a system call and a context switch per delivery, on the sidecar's CPU).
         let deadline = tokio::time::Instant::now() + BATCH_DELAY;
+        while batch.len() + rx.len() < MAX_BATCH && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(FILL_TICK).await;
+        }
         while batch.len() < MAX_BATCH {
-            let room = MAX_BATCH - batch.len();
-            let more = rx.recv_many(&mut batch, room);
-            match tokio::time::timeout_at(deadline, more).await {
-                Ok(n) if n > 0 => {}
-                _ => break,
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
             }
         }
         let spans = batch.iter().map(Finished::spans).sum();
