@@ -106,7 +106,7 @@ async fn a_delivery_is_one_trace_from_the_senders_span_through_the_sidecars_span
         assert_eq!(e.content_type.as_deref(), Some("application/json"));
     }
     let log = sidecar.log_with("target=access", 1).await;
-    assert!(access_line(&log, &d.id()).contains(&format!("trace_id=\"{TRACE}\"")));
+    assert!(access_line(&log, &d.id()).contains(&format!("trace_id={TRACE}")));
     let metrics = sidecar.metrics().await;
     assert!(
         metrics.contains("pps_sidecar_trace_spans_exported_total 2"),
@@ -252,8 +252,8 @@ async fn without_tracing_the_app_still_gets_the_trace_and_nothing_is_exported() 
     assert_eq!(flags, "01");
 
     let log = sidecar.log_with("target=access", 2).await;
-    assert!(access_line(&log, &continued.id()).contains(&format!("trace_id=\"{TRACE}\"")));
-    assert!(access_line(&log, &fresh.id()).contains(&format!("trace_id=\"{new}\"")));
+    assert!(access_line(&log, &continued.id()).contains(&format!("trace_id={TRACE}")));
+    assert!(access_line(&log, &fresh.id()).contains(&format!("trace_id={new}")));
     let metrics = sidecar.metrics().await;
     assert!(metrics.contains("pps_sidecar_trace_spans_exported_total 0"));
     assert!(metrics.contains("pps_sidecar_trace_spans_dropped_total{reason=\"queue_full\"} 0"));
