@@ -222,6 +222,8 @@ async fn run(mut rx: mpsc::Receiver<Finished>, url: String) {
             }
         }
     }
+    // Every `Tracer` is gone (a reload changed or removed `[tracing]`), its spans sent.
+    log::info!("trace export stopped: the configuration in force no longer uses this exporter");
 }
 
 /// An `ExportTraceServiceRequest` in OTLP's JSON encoding: ids in hex, 64-bit numbers as strings. Written

@@ -363,3 +363,42 @@ async fn a_collector_that_is_down_costs_no_delivery_and_its_dropped_spans_are_co
     assert_eq!(collector.wait_trace(&trace, 2).await.len(), 2);
     sidecar.log_with("trace export works again", 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_turns_export_on_and_a_reload_without_tracing_turns_it_off() {
+    let collector = Collector::start().await;
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let path = sidecar.dir.path().join("sidecar.toml");
+    let without = std::fs::read_to_string(&path).unwrap();
+    let sent = |trace: &str| {
+        Delivery::json().set("traceparent", Some(&traceparent(trace, SENDER_SPAN, "01")))
+    };
+    let reload = |text: String, n: usize| {
+        std::fs::write(&path, text).unwrap();
+        signal(sidecar.pid(), "HUP");
+        sidecar.log_with("configuration reloaded", n)
+    };
+
+    let before = new_trace();
+    assert_eq!(sidecar.send(&sent(&before)).await.status, 200);
+    reload(format!("{without}\n{}", collector.toml()), 1).await;
+    let on = new_trace();
+    assert_eq!(sidecar.send(&sent(&on)).await.status, 200);
+    assert_eq!(collector.wait_trace(&on, 2).await.len(), 2);
+    assert!(collector.trace(&before).is_empty());
+
+    reload(without, 2).await;
+    // The old exporter sends what it holds and ends with the configuration that had it.
+    sidecar.log_with("trace export stopped", 1).await;
+    let off = new_trace();
+    assert_eq!(sidecar.send(&sent(&off)).await.status, 200);
+    // Still propagated: the app continues the trace; no exporter is left to send its spans.
+    assert_eq!(parts(app.requests()[2].get("traceparent").unwrap()).0, off);
+    assert!(collector.trace(&off).is_empty());
+    let metrics = sidecar.metrics().await;
+    assert!(
+        metrics.contains("pps_sidecar_trace_spans_exported_total 2"),
+        "{metrics}"
+    );
+}
