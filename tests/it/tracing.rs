@@ -107,11 +107,14 @@ async fn a_delivery_is_one_trace_from_the_senders_span_through_the_sidecars_span
     }
     let log = sidecar.log_with("target=access", 1).await;
     assert!(access_line(&log, &d.id()).contains(&format!("trace_id={TRACE}")));
-    let metrics = sidecar.metrics().await;
-    assert!(
-        metrics.contains("pps_sidecar_trace_spans_exported_total 2"),
-        "{metrics}"
-    );
+    // Counted once the collector has answered, just after it decoded the spans.
+    eventually("the exported spans are counted", || async {
+        sidecar
+            .metrics()
+            .await
+            .contains("pps_sidecar_trace_spans_exported_total 2")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
