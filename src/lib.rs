@@ -23,4 +23,5 @@ pub mod server;
 pub mod spool;
 pub mod state;
 pub mod timefmt;
+pub mod trace;
 pub mod upstream;

@@ -186,7 +186,7 @@ fn summary(c: &Config) -> String {
         })
         .collect();
     format!(
-        "{}: ok: listen {}, admin {}, app {}, paths {}, auth {}{}, dedup {}, spool {}",
+        "{}: ok: listen {}, admin {}, app {}, paths {}, auth {}{}, dedup {}, spool {}, tracing {}",
         c.path.display(),
         c.server.listen,
         c.server.admin_listen,
@@ -201,6 +201,13 @@ fn summary(c: &Config) -> String {
             s.max_bytes,
             s.max_age.as_secs() / 3_600
         )),
+        // Whether spans are exported, not where: the URL may carry credentials.
+        c.tracing
+            .as_ref()
+            .map_or("propagated, not exported".into(), |t| format!(
+                "exported over OTLP/HTTP (sample_ratio {})",
+                t.sample_ratio
+            )),
     )
 }
 

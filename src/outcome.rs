@@ -99,3 +99,13 @@ labelled! {
         Expired => "expired",
     }
 }
+
+labelled! {
+    /// Why spans were not exported, for `pps_sidecar_trace_spans_dropped_total{reason}`.
+    pub enum Dropped {
+        /// The queue was full: the collector is slower than the traffic, or down.
+        QueueFull => "queue_full",
+        /// The collector did not take the batch: refused, unreachable, or too slow.
+        ExportFailed => "export_failed",
+    }
+}

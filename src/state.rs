@@ -8,6 +8,7 @@ use crate::auth::jwt::JwtVerifier;
 use crate::config::{Config, Deadlines, Method};
 use crate::dedup::Dedup;
 use crate::limits::BodyBudget;
+use crate::trace::Tracer;
 use crate::upstream::App;
 
 /// The configuration in force and what was built from it. Replaced whole on reload.
@@ -18,6 +19,8 @@ pub struct Live {
     pub app: Arc<App>,
     /// Present when "jwt" is in `auth.methods`.
     pub jwt: Option<Arc<JwtVerifier>>,
+    /// Present when `[tracing] otlp_endpoint` is set: the sampler and the export queue.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// State shared by the proxy, admin, reload and refresh services.
@@ -37,12 +40,14 @@ impl Shared {
         let startup = config.deadlines();
         let app = Arc::new(App::new(&config.upstream, startup));
         let jwt = jwt_verifier(&config, None);
+        let tracer = config.tracing.as_ref().and_then(Tracer::start);
         Self {
             live: RwLock::new(Arc::new(Live {
                 config,
                 deadlines: startup,
                 app,
                 jwt,
+                tracer,
             })),
             dedup,
             bodies: Arc::default(),
@@ -75,11 +80,19 @@ impl Shared {
             Arc::new(App::new(&config.upstream, deadlines))
         };
         let jwt = jwt_verifier(&config, old.jwt.as_ref());
+        // A changed `[tracing]` gets an exporter of its own; the old one sends what it holds and ends with
+        // the last request that uses it.
+        let tracer = if old.config.tracing == config.tracing {
+            old.tracer.clone()
+        } else {
+            config.tracing.as_ref().and_then(Tracer::start)
+        };
         let live = Arc::new(Live {
             config,
             deadlines,
             app,
             jwt,
+            tracer,
         });
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
     }

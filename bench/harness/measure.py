@@ -52,7 +52,7 @@ class Measurer:
         self.client_cores = bench.client_cpus
 
     def all_server_pids(self) -> List[int]:
-        return [p for peer in self.bench.peers.values() for p in peer.pids()]
+        return [p for peer in self.bench.peers.values() for p in peer.pids() + peer.helper_pids()]
 
     def run(self, row: Row, rnd: str, secs: int) -> Optional[Run]:
         """One kept run of `row` (None for a warm-up), repeated while noisy."""

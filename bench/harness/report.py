@@ -118,6 +118,9 @@ REFERENCE = [
     ("64 KiB: p99 sidecar - nginx", "E-sidecar", "E-nginx", P99, "diff"),
     ("1 MiB: sidecar/nginx req/s", "F-sidecar", "F-nginx", RPS, "ratio"),
     ("1 MiB: p99 sidecar - nginx", "F-sidecar", "F-nginx", P99, "diff"),
+    ("tracing: CPU/request on - off (C-traced - C)", "C-traced", "C", CPU, "cpudiff"),
+    ("tracing: req/s on/off (C-traced/C)", "C-traced", "C", RPS, "ratio"),
+    ("tracing: p99 on - off (C-traced - C)", "C-traced", "C", P99, "diff"),
 ]
 
 
@@ -238,8 +241,9 @@ def header(info: Dict[str, str]) -> List[str]:
     return out + [""]
 
 
-def render(info, rows, medians, s, retries_used, rates, filled, rss_main, counted) -> str:
+def render(info, rows, medians, s, retries_used, rates, filled, rss_main, counted, notes=()) -> str:
     lines = header(info) + table(rows, medians, s, retries_used) + [""]
     lines += comparisons(medians, rates, filled, rss_main) + breakdown(medians) + syscalls(counted)
+    lines += [f"  {n}" for n in notes if n]
     return "\n".join(lines) + "\n"
 

@@ -84,8 +84,9 @@ def measure(bench: Bench, rows: List[Row], needed: List[str]) -> str:
             counted.append(counter.count(row))
     filled = memory.fill(bench) if s.fill_ids > 0 else None
 
+    notes = [peer.note() for peer in bench.peers.values()]
     text = report.render(info(bench, rows, busy_before), rows, report.Medians(m.runs), s, m.retries_used, rates,
-                         filled, rss_main, counted)
+                         filled, rss_main, counted, notes)
     with open(os.path.join(bench.tmp, "report.txt"), "w") as f:
         f.write(text)
     return text

@@ -52,6 +52,8 @@ pub struct Config {
     pub dedup: DedupConfig,
     /// `None`: no `spool.dir`, the spool is off.
     pub spool: Option<SpoolConfig>,
+    /// `None`: no `tracing.otlp_endpoint`, no span is exported (trace context is still propagated).
+    pub tracing: Option<TracingConfig>,
     pub filters: FiltersConfig,
 }
 
@@ -344,6 +346,15 @@ impl DedupConfig {
         };
         format!("{backend}, ttl {}s", self.ttl.as_secs())
     }
+}
+
+/// OTLP/HTTP export of spans (`crate::trace`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// Where batches are posted: `otlp_endpoint` with `/v1/traces`.
+    pub traces_url: String,
+    /// Of new traces (the sender sent no sampled flag), the share that is exported.
+    pub sample_ratio: f64,
 }
 
 /// The dead-letter spool of verified deliveries the app refused (`crate::spool`).
@@ -789,5 +800,37 @@ mod tests {
     fn a_body_budget_smaller_than_one_body_is_refused() {
         let text = format!("{MINIMAL}[server]\nmax_buffered_bytes = 1000\n");
         assert_eq!(parse(&text).unwrap_err().key, "server.max_buffered_bytes");
+    }
+
+    #[test]
+    fn tracing_is_off_by_default_and_its_endpoint_gets_the_traces_path() {
+        assert!(parse(MINIMAL).unwrap().tracing.is_none());
+        let on = |extra: &str| parse(&format!("{MINIMAL}[tracing]\n{extra}\n"));
+        let t = on("otlp_endpoint = \"http://collector:4318\"")
+            .unwrap()
+            .tracing
+            .unwrap();
+        assert_eq!(t.traces_url, "http://collector:4318/v1/traces");
+        assert_eq!(t.sample_ratio, 1.0);
+        let t = on("otlp_endpoint = \"https://c.example/otlp/v1/traces\"\nsample_ratio = 0.25")
+            .unwrap()
+            .tracing
+            .unwrap();
+        assert_eq!(t.traces_url, "https://c.example/otlp/v1/traces");
+        assert_eq!(t.sample_ratio, 0.25);
+        for (bad, key) in [
+            (
+                "otlp_endpoint = \"collector:4318\"",
+                "tracing.otlp_endpoint",
+            ),
+            (
+                "otlp_endpoint = \"ftp://collector\"",
+                "tracing.otlp_endpoint",
+            ),
+            ("sample_ratio = 1.5", "tracing.sample_ratio"),
+            ("sample_ratio = -0.1", "tracing.sample_ratio"),
+        ] {
+            assert_eq!(on(bad).unwrap_err().key, key, "{bad}");
+        }
     }
 }

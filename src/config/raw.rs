@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub auth: RawAuth,
     pub dedup: RawDedup,
     pub spool: RawSpool,
+    pub tracing: RawTracing,
     pub filters: RawFilters,
 }
 
@@ -307,6 +308,23 @@ impl Default for RawSpool {
             max_bytes: 104_857_600,
             max_age_hours: 168,
             include_failures: false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTracing {
+    /// Absent: no export (W3C trace context is still propagated).
+    pub otlp_endpoint: Option<String>,
+    pub sample_ratio: f64,
+}
+
+impl Default for RawTracing {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
         }
     }
 }

@@ -74,6 +74,7 @@ impl Validator<'_> {
             auth: self.auth(raw.auth)?,
             dedup: self.dedup(raw.dedup)?,
             spool: self.spool(raw.spool)?,
+            tracing: self.tracing(raw.tracing)?,
             filters: FiltersConfig {
                 topics: trimmed(raw.filters.topics),
                 sub_topics: trimmed(raw.filters.sub_topics),
@@ -395,6 +396,33 @@ impl Validator<'_> {
             max_bytes: raw.max_bytes,
             max_age: Duration::from_secs(raw.max_age_hours * 3_600),
             include_failures: raw.include_failures,
+        }))
+    }
+
+    /// `otlp_endpoint` is the collector's base URL (`/v1/traces` is added unless it is there already).
+    fn tracing(&self, raw: RawTracing) -> Result<Option<TracingConfig>, ConfigError> {
+        if !(0.0..=1.0).contains(&raw.sample_ratio) {
+            return Err(self.err("tracing.sample_ratio", "must be between 0.0 and 1.0"));
+        }
+        let Some(endpoint) = raw.otlp_endpoint else {
+            return Ok(None);
+        };
+        let url = url::Url::parse(endpoint.trim()).ok().filter(|u| {
+            matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none()
+        });
+        let Some(url) = url else {
+            return Err(self.err(
+                "tracing.otlp_endpoint",
+                "expected an http:// or https:// URL, such as \"http://otel-collector:4318\"",
+            ));
+        };
+        let mut traces_url = url.to_string();
+        if !url.path().ends_with("/v1/traces") {
+            traces_url = format!("{}/v1/traces", traces_url.trim_end_matches('/'));
+        }
+        Ok(Some(TracingConfig {
+            traces_url,
+            sample_ratio: raw.sample_ratio,
         }))
     }
 

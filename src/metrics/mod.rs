@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::outcome::{Closed, Outcome, Replayed, SpoolDropped, labelled};
+use crate::outcome::{Closed, Dropped, Outcome, Replayed, SpoolDropped, labelled};
 
 /// Upper bounds of the latency histograms, in seconds. They reach past `upstream.read_timeout_ms` (30 s
 /// by default), so that an app answering just before its timeout lands in a bucket of its own instead of
@@ -39,6 +39,8 @@ pub struct Metrics {
     connections_closed: [AtomicU64; Closed::ALL.len()],
     open_connections: AtomicI64,
     spool: SpoolMetrics,
+    trace_spans_dropped: [AtomicU64; Dropped::ALL.len()],
+    trace_spans_exported: AtomicU64,
 }
 
 /// The dead-letter spool's series: present, at 0, when the spool is off, so that an alert on them always
@@ -86,7 +88,23 @@ impl Metrics {
                 dropped: [const { AtomicU64::new(0) }; SpoolDropped::ALL.len()],
                 replayed: [const { AtomicU64::new(0) }; Replayed::ALL.len()],
             },
+            trace_spans_dropped: [const { AtomicU64::new(0) }; Dropped::ALL.len()],
+            trace_spans_exported: AtomicU64::new(0),
         }
+    }
+
+    /// Spans not exported (`crate::trace::export`), and why.
+    pub fn trace_spans_dropped(&self, why: Dropped, n: u64) {
+        self.trace_spans_dropped[why.index()].fetch_add(n, Relaxed);
+    }
+
+    pub fn trace_spans_dropped_now(&self, why: Dropped) -> u64 {
+        load(&self.trace_spans_dropped[why.index()])
+    }
+
+    /// Spans the collector took.
+    pub fn trace_spans_exported(&self, n: u64) {
+        self.trace_spans_exported.fetch_add(n, Relaxed);
     }
 
     /// What the spool holds now, as last counted by the sidecar.
@@ -268,6 +286,16 @@ impl Metrics {
             "reason",
             Closed::ALL.map(|c| (c.label(), load(&self.connections_closed[c.index()]))),
         );
+        family(
+            w,
+            (
+                "pps_sidecar_trace_spans_dropped_total",
+                "counter",
+                "Spans not exported ([tracing]), by reason: the queue was full, or the collector did not take them.",
+            ),
+            "reason",
+            Dropped::ALL.map(|d| (d.label(), load(&self.trace_spans_dropped[d.index()]))),
+        );
         for (meta, counts) in [
             (
                 (
@@ -369,6 +397,14 @@ impl Metrics {
                     "Bytes of request bodies held in memory now (at most server.max_buffered_bytes).",
                 ),
                 buffered_bytes as i64,
+            ),
+            (
+                (
+                    "pps_sidecar_trace_spans_exported_total",
+                    "counter",
+                    "Spans the OTLP collector took ([tracing]).",
+                ),
+                load(&self.trace_spans_exported) as i64,
             ),
             (
                 (
@@ -610,6 +646,10 @@ mod tests {
         for r in Replayed::ALL {
             m.spool_replayed(r);
         }
+        for d in Dropped::ALL {
+            m.trace_spans_dropped(d, 1);
+        }
+        m.trace_spans_exported(1);
         for r in Result::ALL {
             m.reload(r);
             m.jwks_refresh(r);

@@ -1,5 +1,5 @@
-//! One line per request: method, path, status, outcome, tenant, topic, webhook id, app latency. Ids and
-//! names only: never a secret, a token, a signature or a body.
+//! One line per request: method, path, status, outcome, tenant, topic, webhook id, app latency, request
+//! id and trace id. Ids and names only: never a secret, a token, a signature or a body.
 //!
 //! Values that come from the request are quoted and escaped (text) or JSON strings (json), so that no
 //! header can forge a field or a line. The other values come from fixed vocabularies and numbers.
@@ -12,6 +12,7 @@ use pingora::http::RequestHeader;
 use super::ended::Ended;
 use crate::config::LogFormat;
 use crate::logging::{ACCESS, quote};
+use crate::trace::Context;
 
 /// Writes the access line of a finished request. A delivery's tenant, topic and webhook id are its
 /// headers' even when it was refused; `verified` says whether they were proven (`none`: they were not).
@@ -19,9 +20,11 @@ pub fn write(
     req: &RequestHeader,
     ended: &Ended,
     request_id: &str,
+    trace: &Context,
     started: Instant,
     format: LogFormat,
 ) {
+    let trace_id = trace.trace_id_hex();
     let d = ended.delivery.as_ref();
     let verified = match &ended.verified {
         Some(v) => Some(v.label()),
@@ -47,6 +50,7 @@ pub fn write(
             Field::Word(ended.failure.map(|f| f.label())),
         ),
         ("request_id", Field::Text(Some(request_id))),
+        ("trace_id", Field::Hex(&trace_id)),
     ];
     let line = match format {
         LogFormat::Text => text_line(&fields),
@@ -63,6 +67,8 @@ enum Field<'a> {
     Num(u64),
     /// Milliseconds with one decimal; `-` when absent.
     Millis(Option<Duration>),
+    /// An id of the sidecar's own in lowercase hex (the trace id): bare, nothing to escape.
+    Hex(&'a [u8]),
 }
 
 /// logfmt: `key=value` pairs separated by spaces, request values quoted. Built by hand: this runs for
@@ -84,6 +90,7 @@ fn text_line(fields: &[(&str, Field<'_>)]) -> String {
                 let _ = write!(line, "{n}");
             }
             Field::Millis(Some(d)) => push_millis(&mut line, *d),
+            Field::Hex(h) => hex(&mut line, h),
         }
     }
     line
@@ -100,11 +107,24 @@ fn json_line(fields: &[(&str, Field<'_>)]) -> String {
             Field::Millis(Some(d)) => {
                 serde_json::Value::from((d.as_secs_f64() * 10_000.0).round() / 10.0)
             }
+            Field::Hex(h) => {
+                let mut v = String::with_capacity(h.len());
+                hex(&mut v, h);
+                serde_json::Value::from(v)
+            }
             Field::Text(None) | Field::Word(None) | Field::Millis(None) => serde_json::Value::Null,
         };
         map.insert((*key).to_string(), v);
     }
     serde_json::Value::Object(map).to_string()
+}
+
+/// Hex digits as they are; anything else (never written by the sidecar) as `-`.
+fn hex(line: &mut String, digits: &[u8]) {
+    match std::str::from_utf8(digits) {
+        Ok(h) if !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()) => line.push_str(h),
+        _ => line.push('-'),
+    }
 }
 
 fn push_millis(line: &mut String, d: Duration) {
@@ -132,10 +152,12 @@ mod tests {
             ),
             ("fast_ms", Field::Millis(Some(Duration::from_micros(40)))),
             ("none_ms", Field::Millis(None)),
+            ("trace_id", Field::Hex(b"4bf92f35")),
+            ("bad_id", Field::Hex(b"4b\"x")),
         ]);
         assert_eq!(
             line,
-            "method=\"POST\" status=200 zero=0 tenant=- topic=- outcome=forwarded app_ms=1.2 slow_ms=12345.7 fast_ms=0.0 none_ms=-"
+            "method=\"POST\" status=200 zero=0 tenant=- topic=- outcome=forwarded app_ms=1.2 slow_ms=12345.7 fast_ms=0.0 none_ms=- trace_id=4bf92f35 bad_id=-"
         );
     }
 

@@ -1,12 +1,13 @@
 //! How a request ended: the one value the access line records and the metrics count. The pipeline, the
 //! pass-through and the router build it; nothing writes it on the side.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::auth::{Failure, Verified};
 use crate::delivery::Delivery;
 use crate::outcome::Outcome;
 
+use super::forward::AppCall;
 use super::reply::Reply;
 
 /// How a request ended.
@@ -23,6 +24,10 @@ pub struct Ended {
     pub failure: Option<Failure>,
     /// Time spent with the app, when it was asked.
     pub app_time: Option<Duration>,
+    /// When the app was asked (the client span's start).
+    pub app_started: Option<Instant>,
+    /// What the app answered, when it did (a deferred 4xx too).
+    pub app_status: Option<u16>,
 }
 
 impl Ended {
@@ -35,7 +40,16 @@ impl Ended {
             verified: None,
             failure: None,
             app_time: None,
+            app_started: None,
+            app_status: None,
         }
+    }
+
+    /// The app was asked, as `call` tells.
+    pub fn asked(&mut self, call: AppCall) {
+        self.app_time = Some(call.took);
+        self.app_started = Some(call.started);
+        self.app_status = call.status;
     }
 
     /// The request ended with the sidecar's own answer.

@@ -70,9 +70,19 @@ impl Stake {
     }
 }
 
-/// Sends the delivery, relays the answer and settles the delivery on it. Also returns the time the app
-/// took to answer.
-pub async fn forward(rq: &mut Request<'_>, sent: Sent<'_>) -> (Relayed, Duration) {
+/// The exchange with the app, as the access line and the client span tell it.
+#[derive(Debug, Clone, Copy)]
+pub struct AppCall {
+    pub started: Instant,
+    /// To the answer's head, or to the failure.
+    pub took: Duration,
+    /// The app's status; `None` when it did not answer.
+    pub status: Option<u16>,
+}
+
+/// Sends the delivery, relays the answer and settles the delivery on it. Also returns how the exchange
+/// with the app went.
+pub async fn forward(rq: &mut Request<'_>, sent: Sent<'_>) -> (Relayed, AppCall) {
     let cfg = &rq.live.config;
     let head = rewrite::delivery_head(
         rq.req(),
@@ -84,6 +94,7 @@ pub async fn forward(rq: &mut Request<'_>, sent: Sent<'_>) -> (Relayed, Duration
                 .then_some(cfg.auth.hmac.header_key.as_str()),
             client_ip: client_ip(rq.session),
             request_id: &rq.request_id,
+            trace: &rq.trace,
             body_len: sent.body.bytes.len(),
         },
     );
@@ -102,6 +113,11 @@ pub async fn forward(rq: &mut Request<'_>, sent: Sent<'_>) -> (Relayed, Duration
     let started = Instant::now();
     let answer = rq.live.app.send(head, &sent.body.bytes).await;
     let app_time = started.elapsed();
+    let mut call = AppCall {
+        started,
+        took: app_time,
+        status: None,
+    };
     drop(sent.body);
     let exchange = match answer {
         Ok(exchange) => exchange,
@@ -113,10 +129,11 @@ pub async fn forward(rq: &mut Request<'_>, sent: Sent<'_>) -> (Relayed, Duration
                     whole: false,
                 })
                 .await;
-            return (Relayed::Replied(Reply::app_failed(failure)), app_time);
+            return (Relayed::Replied(Reply::app_failed(failure)), call);
         }
     };
     let status = exchange.status();
+    call.status = Some(status);
     METRICS.app_response(status, app_time);
     if cfg.upstream.defers(status) {
         // The answer is not relayed; its connection is closed with the exchange.
@@ -131,7 +148,7 @@ pub async fn forward(rq: &mut Request<'_>, sent: Sent<'_>) -> (Relayed, Duration
             Outcome::Deferred,
             "the app refused the delivery; retry later\n",
         );
-        return (Relayed::Replied(reply), app_time);
+        return (Relayed::Replied(reply), call);
     }
-    (relay::relay(rq, exchange, stake).await, app_time)
+    (relay::relay(rq, exchange, stake).await, call)
 }

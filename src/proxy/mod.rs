@@ -32,10 +32,11 @@ mod pipeline;
 mod relay;
 mod reply;
 mod rewrite;
+mod span;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
@@ -63,6 +64,8 @@ pub struct Request<'a> {
     pub shared: &'a Shared,
     /// The sender's `X-Request-Id` when it is a safe token, else a fresh one: the access line's and the app's.
     pub request_id: String,
+    /// Its place in its trace: the app's `traceparent`, the access line's `trace_id`, the spans.
+    pub trace: crate::trace::Context,
 }
 
 impl Request<'_> {
@@ -88,8 +91,13 @@ impl crate::listener::Handler for Webhooks {
         let started = Instant::now();
         let _in_flight = METRICS.in_flight();
         let live = self.shared.live();
+        let trace =
+            crate::trace::Context::start(&session.req_header().headers, live.tracer.as_deref());
+        // Spans are built only for a request that is exported.
+        let wall_start = trace.recording.then(SystemTime::now);
         let mut rq = Request {
             request_id: rewrite::request_id(session.req_header()),
+            trace,
             session,
             live: &live,
             shared: &self.shared,
@@ -105,9 +113,13 @@ impl crate::listener::Handler for Webhooks {
             rq.req(),
             &ended,
             &rq.request_id,
+            &rq.trace,
             started,
             live.config.server.log_format,
         );
+        if let (Some(tracer), Some(wall_start)) = (&live.tracer, wall_start) {
+            tracer.record(span::finished(&rq, &ended, (wall_start, started)));
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::body::continue_if_expected;
 use super::ended::Ended;
-use super::forward::Stake;
+use super::forward::{AppCall, Stake};
 use super::relay::{self, Relayed};
 use super::reply::Reply;
 use super::rewrite::{self, BodyFraming};
@@ -23,7 +23,7 @@ use crate::upstream::{AppFailure, Outgoing, Progress};
 
 /// Forwards the request as routed, and relays the app's answer.
 pub async fn forward(rq: &mut Request<'_>, target: Target<'_>) -> Ended {
-    let ended = Ended::claimed(None);
+    let mut ended = Ended::claimed(None);
     let framing = framing(rq);
     let head = rewrite::passthrough_head(
         rq.req(),
@@ -31,8 +31,10 @@ pub async fn forward(rq: &mut Request<'_>, target: Target<'_>) -> Ended {
         framing,
         client_ip(rq.session),
         &rq.request_id,
+        &rq.trace,
     );
     let started = Instant::now();
+    ended.app_started = Some(started);
     let head_only = rq.req().method == http::Method::HEAD;
     let mut out = match rq.live.app.open(&head, head_only).await {
         Ok(out) => out,
@@ -55,8 +57,11 @@ pub async fn forward(rq: &mut Request<'_>, target: Target<'_>) -> Ended {
         Ok(exchange) => exchange,
         Err(f) => return rq.stop(ended, Reply::app_failed(f)).await,
     };
-    let mut ended = ended;
-    ended.app_time = Some(started.elapsed());
+    ended.asked(AppCall {
+        started,
+        took: started.elapsed(),
+        status: Some(exchange.status()),
+    });
     match relay::relay(rq, exchange, Stake::none()).await {
         Relayed::Answer(status) => ended.relayed(status),
         Relayed::Replied(reply) => rq.stop(ended, reply).await,

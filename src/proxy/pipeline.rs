@@ -64,8 +64,8 @@ pub async fn deliver(rq: &mut Request<'_>, target: Target<'_>) -> Ended {
         body,
         claim,
     };
-    let (relayed, app_time) = forward::forward(rq, sent).await;
-    ended.app_time = Some(app_time);
+    let (relayed, call) = forward::forward(rq, sent).await;
+    ended.asked(call);
     match relayed {
         Relayed::Answer(status) => ended.relayed(status),
         Relayed::Replied(reply) => rq.stop(ended, reply).await,

@@ -18,6 +18,7 @@ use crate::delivery::Delivery;
 use crate::headers::{self, IDENTITY, TRUSTED, is_one_of, spelled};
 use crate::route::Target;
 use crate::timefmt;
+use crate::trace::{self, Context};
 use crate::upstream::head::{HeadWriter, connection_listed, is_hop_by_hop};
 
 /// What the sidecar adds to a delivery it forwards.
@@ -31,6 +32,7 @@ pub struct Forwarding<'a> {
     pub strip_credentials: Option<&'a str>,
     pub client_ip: Option<IpAddr>,
     pub request_id: &'a str,
+    pub trace: &'a Context,
     pub body_len: usize,
 }
 
@@ -43,7 +45,7 @@ pub fn delivery_head(req: &RequestHeader, f: &Forwarding<'_>) -> Vec<u8> {
             .is_some_and(|h| n == h || n == "authorization")
     };
     let mut w = HeadWriter::new(req.method.as_str(), f.target.origin);
-    let sent = copy(req, &mut w, f.target, |n| {
+    let sent = copy(req, &mut w, f.target, f.trace, |n| {
         is_one_of(n, &IDENTITY) || credential(n)
     });
 
@@ -75,7 +77,7 @@ pub fn delivery_head(req: &RequestHeader, f: &Forwarding<'_>) -> Vec<u8> {
             w.header(headers::VERIFIED.as_bytes(), b"none");
         }
     }
-    sent.write_common(&mut w, f.client_ip, f.request_id);
+    sent.write_common(&mut w, f.client_ip, f.request_id, f.trace);
     w.header(b"Content-Length", f.body_len.to_string().as_bytes());
     w.finish()
 }
@@ -95,11 +97,12 @@ pub fn passthrough_head(
     framing: BodyFraming,
     client_ip: Option<IpAddr>,
     request_id: &str,
+    trace: &Context,
 ) -> Vec<u8> {
     let mut w = HeadWriter::new(req.method.as_str(), target.origin);
-    let sent = copy(req, &mut w, target, |_| false);
+    let sent = copy(req, &mut w, target, trace, |_| false);
     w.header(headers::VERIFIED.as_bytes(), b"none");
-    sent.write_common(&mut w, client_ip, request_id);
+    sent.write_common(&mut w, client_ip, request_id, trace);
     match framing {
         BodyFraming::None => {}
         BodyFraming::Length(n) => {
@@ -121,10 +124,13 @@ struct Copied<'r> {
 
 /// Copies the sender's headers that go on, dropping the ones every request loses and those `drop`
 /// names (by `spelled` name). An absolute-form target's authority replaces `Host` (RFC 9112, 3.2.2).
+/// The sender's `traceparent` is replaced (`write_common`); its `tracestate` goes on only with the trace
+/// it belongs to (`trace` continues it).
 fn copy<'r>(
     req: &'r RequestHeader,
     w: &mut HeadWriter,
     target: Target<'_>,
+    trace: &Context,
     drop: impl Fn(&str) -> bool,
 ) -> Copied<'r> {
     let listed = connection_listed(&req.headers);
@@ -145,7 +151,8 @@ fn copy<'r>(
             }
             "x-forwarded-proto" => copied.has_proto = true,
             "host" if target.authority.is_some() => continue,
-            "content-length" | "expect" | "x-request-id" => continue,
+            "content-length" | "expect" | "x-request-id" | trace::TRACEPARENT => continue,
+            trace::TRACESTATE if !trace.continued() => continue,
             _ => {}
         }
         let dropped = is_hop_by_hop(&n)
@@ -163,8 +170,15 @@ fn copy<'r>(
 }
 
 impl Copied<'_> {
-    fn write_common(&self, w: &mut HeadWriter, client_ip: Option<IpAddr>, request_id: &str) {
+    fn write_common(
+        &self,
+        w: &mut HeadWriter,
+        client_ip: Option<IpAddr>,
+        request_id: &str,
+        trace: &Context,
+    ) {
         w.header(headers::REQUEST_ID.as_bytes(), request_id.as_bytes());
+        w.header(trace::TRACEPARENT.as_bytes(), &trace.traceparent());
         if let Some(xff) = forwarded_for(self.forwarded_for, client_ip) {
             w.header(headers::FORWARDED_FOR.as_bytes(), xff.as_bytes());
         }

@@ -27,3 +27,4 @@ mod retry;
 mod runbooks;
 mod secrets;
 mod spool;
+mod tracing;

@@ -8,6 +8,7 @@ from .pingora_client import PingoraClient
 from .pingora_serve import PingoraServe
 from .plain_pingora import PlainPingora
 from .sidecar import Sidecar
+from .sidecar_traced import SidecarTraced
 
-ALL = [App, NginxProxy, Njs, PlainPingora, PingoraServe, PingoraClient, Sidecar]
+ALL = [App, NginxProxy, Njs, PlainPingora, PingoraServe, PingoraClient, Sidecar, SidecarTraced]
 BY_KEY = {p.key: p for p in ALL}

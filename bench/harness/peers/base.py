@@ -40,6 +40,14 @@ class Peer:
         """The processes whose CPU is this peer's (nginx's master; host.cpu_ticks adds its workers)."""
         return [self.proc.pid] if self.proc else []
 
+    def helper_pids(self) -> List[int]:
+        """Processes it runs beside its server (the tracing row's OTLP sink): not its CPU, not noise."""
+        return []
+
+    def note(self) -> str:
+        """A line for the end of the report, if this peer has something to add after the rounds."""
+        return ""
+
     def sanity(self) -> None:
         """A signed 1 MiB delivery is answered 200, and reaches the app once if this peer forwards."""
         b = self.bench

@@ -16,6 +16,10 @@ fn req(target: &str, headers: &[(&str, &str)]) -> RequestHeader {
     r
 }
 
+fn no_trace() -> Context {
+    Context::start(&http::HeaderMap::new(), None)
+}
+
 fn hmac() -> Verified {
     Verified::Hmac {
         secret: Arc::from("0"),
@@ -35,6 +39,7 @@ fn head_as(original: &RequestHeader, verified: &Verified, strip: Option<&str>) -
             strip_credentials: strip,
             client_ip: Some("127.0.0.1".parse().unwrap()),
             request_id: "rid",
+            trace: &no_trace(),
             body_len: 42,
         },
     );
@@ -202,6 +207,7 @@ fn a_triggered_at_that_is_not_text_is_forwarded_as_sent() {
             strip_credentials: None,
             client_ip: None,
             request_id: "rid",
+            trace: &no_trace(),
             body_len: 0,
         },
     );
@@ -235,6 +241,7 @@ fn pass_through_loses_trust_headers_in_every_spelling_and_closes_its_connection(
         BodyFraming::Length(3),
         None,
         "fresh-id",
+        &no_trace(),
     );
     let head = String::from_utf8(head).unwrap();
     let (_, h) = parsed(&head);
@@ -331,6 +338,7 @@ fn any_valid_header_text_gives_one_well_formed_head_for_the_app() {
                     strip_credentials: Some("x-pps-hmac-sha256"),
                     client_ip: None,
                     request_id: "rid",
+                    trace: &no_trace(),
                     body_len: 0,
                 },
             );
@@ -362,4 +370,37 @@ fn any_valid_header_text_gives_one_well_formed_head_for_the_app() {
         reached > 500,
         "only {reached} of 2000 inputs were deliveries"
     );
+}
+
+#[test]
+fn the_app_gets_one_traceparent_of_the_sidecars_and_tracestate_only_with_a_continued_trace() {
+    const SENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for (traceparent, continued) in [(SENT, true), ("00-zz-bad-01", false)] {
+        let original = req(
+            "/other",
+            &[
+                ("traceparent", traceparent),
+                ("tracestate", "vendor=1"),
+                ("x-custom", "kept"),
+            ],
+        );
+        let trace = Context::start(&original.headers, None);
+        assert_eq!(trace.continued(), continued);
+        let raw = original.raw_path().to_vec();
+        let head = passthrough_head(
+            &original,
+            Target::parse(&raw).unwrap(),
+            BodyFraming::None,
+            None,
+            "rid",
+            &trace,
+        );
+        let head = String::from_utf8(head).unwrap();
+        let (_, h) = parsed(&head);
+        let expected = String::from_utf8(trace.traceparent().to_vec()).unwrap();
+        assert_eq!(all(&h, "traceparent"), [expected.as_str()], "{head}");
+        assert_ne!(expected, SENT);
+        let state: &[&str] = if continued { &["vendor=1"] } else { &[] };
+        assert_eq!(all(&h, "tracestate"), state, "{head}");
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod client;
+pub mod collector;
 pub mod delivery;
 mod http;
 pub mod oidc;
