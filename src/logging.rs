@@ -91,6 +91,14 @@ pub fn format_in_file(path: &std::path::Path) -> LogFormat {
 /// be split, a field forged, or text hidden from the person reading it.
 pub fn quote(line: &mut String, v: &str) {
     line.push('"');
+    // Most values are printable ASCII with nothing to escape: copied whole.
+    if v.bytes()
+        .all(|b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\')
+    {
+        line.push_str(v);
+        line.push('"');
+        return;
+    }
     for c in v.chars() {
         match c {
             '"' => line.push_str("\\\""),

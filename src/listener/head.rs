@@ -110,6 +110,15 @@ impl AsyncRead for HeadCapped {
                 "request head over server.max_header_bytes",
             )));
         }
+        if left >= buf.remaining() {
+            // The cap does not bind this read: straight into `buf`, nothing to initialise.
+            let before = buf.filled().len();
+            let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+            if let Poll::Ready(Ok(())) = polled {
+                self.head.counted(buf.filled().len() - before);
+            }
+            return polled;
+        }
         // A window of at most `left` bytes of `buf`, initialised first: a head is small, and this keeps
         // the capping free of `unsafe`.
         let window = buf.initialize_unfilled_to(left.min(buf.remaining()));
