@@ -43,6 +43,11 @@ pub fn write(
         ("topic", Field::Text(d.map(|d| d.topic.as_str()))),
         ("webhook_id", Field::Text(d.map(|d| d.webhook_id.as_str()))),
         ("verified", Field::Word(verified)),
+        // Which secret or key verified it: during a rotation, whose deliveries still use the old one.
+        (
+            "credential",
+            Field::Text(ended.verified.as_ref().map(|v| v.credential())),
+        ),
         ("app_ms", Field::Millis(ended.app_time)),
         ("total_ms", Field::Millis(Some(started.elapsed()))),
         (

@@ -88,6 +88,11 @@ async fn valid_token_passes_and_the_app_sees_subject_and_issuer() {
         !log.contains(&token[token.len() - 20..]),
         "tokens never reach the log"
     );
+    assert_eq!(
+        log.matches("verified=jwt credential=\"k1\"").count(),
+        2,
+        "the key that verified it: {log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,6 +110,9 @@ async fn a_rotation_is_watched_by_the_secret_that_verified_each_delivery() {
     }
     let m = sidecar.metrics().await;
     assert_eq!(verified_by(&m, "next"), Some(3.0));
+    // The access line names the secret that verified each delivery.
+    let log = sidecar.log_with("credential=\"next\"", 3).await;
+    assert_eq!(log.matches("credential=\"current\"").count(), 2, "{log}");
     assert_eq!(verified_by(&m, "current"), Some(2.0));
 
     set_secrets(&sidecar, &format!("[{next}]"), 2.0).await;
