@@ -72,6 +72,18 @@ impl Reservation {
     }
 }
 
+impl Reservation {
+    /// Gives back what is held beyond `total`.
+    pub fn shrink_to(&mut self, total: usize) {
+        if total < self.bytes {
+            self.budget
+                .held
+                .fetch_sub(self.bytes - total, Ordering::AcqRel);
+            self.bytes = total;
+        }
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);

@@ -126,19 +126,20 @@ async fn stalled_uploads_past_the_memory_budget_get_503_and_the_held_bytes_stay_
         "[server]\nmax_buffered_bytes = 200000\n[webhooks]\nmax_body_bytes = 100000\n",
     )
     .await;
+    // What arrived holds the budget, in 16 KiB blocks: 70,000 bytes hold five, 81,920.
     let (bytes, body_at) = upload(90_000);
     let mut stalled = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(sidecar.addr).await.unwrap();
-        s.write_all(&bytes[..body_at + 10]).await.unwrap();
+        s.write_all(&bytes[..body_at + 70_000]).await.unwrap();
         stalled.push(s);
     }
     eventually("both uploads hold their share", || async {
-        metric(&sidecar.metrics().await, "pps_sidecar_buffered_bytes") == 180_000.0
+        metric(&sidecar.metrics().await, "pps_sidecar_buffered_bytes") == 163_840.0
     })
     .await;
     let mut third = TcpStream::connect(sidecar.addr).await.unwrap();
-    third.write_all(&bytes[..body_at + 10]).await.unwrap();
+    let _ = third.write_all(&bytes[..body_at + 70_000]).await;
     let answer = closed(&mut third).await.expect("refused and closed");
     let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
     assert!(answer.starts_with("http/1.1 503"), "{answer}");
@@ -158,6 +159,34 @@ async fn stalled_uploads_past_the_memory_budget_get_503_and_the_held_bytes_stay_
     assert_eq!(sidecar.send(&Delivery::json()).await.status, 200);
 }
 
+/// 32 connections that declared 1 MiB and sent nothing once held the whole default budget, and every
+/// delivery got 503 for as long as they stayed: the budget holds what arrived, not what was declared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_bodies_that_never_come_hold_no_budget_and_keep_no_delivery_out() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "").await;
+    let (bytes, body_at) = upload(1_048_576);
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        let mut s = TcpStream::connect(sidecar.addr).await.unwrap();
+        s.write_all(&bytes[..body_at + 1]).await.unwrap();
+        idle.push(s);
+    }
+    eventually("each holds one block", || async {
+        metric(&sidecar.metrics().await, "pps_sidecar_buffered_bytes") == 64.0 * 16_384.0
+    })
+    .await;
+    assert_eq!(sidecar.send(&Delivery::json()).await.status, 200);
+    let big = Delivery::new(vec![b'z'; 200_000]);
+    assert_eq!(
+        sidecar.send(&big).await.status,
+        200,
+        "a body in many pieces"
+    );
+    assert_eq!(app.requests().last().unwrap().body, big.body);
+    drop(idle);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_body_growing_past_the_budget_gets_503() {
     let app = TestApp::start().await;
@@ -169,9 +198,12 @@ async fn a_chunked_body_growing_past_the_budget_gets_503() {
     // A stalled upload holds 150,000 of the 200,000; a chunked body then outgrows what is left.
     let (bytes, body_at) = upload(150_000);
     let mut stalled = TcpStream::connect(sidecar.addr).await.unwrap();
-    stalled.write_all(&bytes[..body_at + 10]).await.unwrap();
+    stalled
+        .write_all(&bytes[..body_at + 140_000])
+        .await
+        .unwrap();
     eventually("the stalled upload holds its share", || async {
-        metric(&sidecar.metrics().await, "pps_sidecar_buffered_bytes") == 150_000.0
+        metric(&sidecar.metrics().await, "pps_sidecar_buffered_bytes") == 147_456.0
     })
     .await;
     let mut d = Delivery::new(vec![b'y'; 120_000]);
@@ -195,11 +227,14 @@ async fn a_flood_of_stalled_one_megabyte_uploads_keeps_memory_far_below_the_pod_
         let _ = s.write_all(&bytes[..body_at + 1_000_000]).await;
         conns.push(s);
     }
-    // 32 declared mebibytes fill the default 32 MiB budget; the other 48 are refused.
+    // Each 1,000,000 bytes hold 62 blocks of 16 KiB: 33 of them fill the default 32 MiB budget, the
+    // others are refused as they outgrow what is left.
+    const HELD: f64 = 62.0 * 16_384.0;
     eventually("the budget is full and the rest refused", || async {
         let m = sidecar.metrics().await;
-        metric(&m, "pps_sidecar_buffered_bytes") == 32.0 * 1_048_576.0
-            && metric(&m, "pps_sidecar_requests_total{outcome=\"overloaded\"}") == 48.0
+        let held = metric(&m, "pps_sidecar_buffered_bytes");
+        let refused = metric(&m, "pps_sidecar_requests_total{outcome=\"overloaded\"}");
+        held / HELD + refused == 80.0 && held + HELD > 32.0 * 1_048_576.0
     })
     .await;
     let rss = vm_rss_bytes(sidecar.pid());
@@ -215,7 +250,9 @@ async fn a_flood_of_stalled_one_megabyte_uploads_keeps_memory_far_below_the_pod_
         rss < 96 * 1024 * 1024,
         "RSS {rss} bytes under a 128 MiB pod limit"
     );
-    let r = sidecar.send(&Delivery::json()).await;
+    // Less than one block of the budget is left: a larger delivery is refused, and comes back.
+    let larger = Delivery::new(vec![b'x'; 200_000]);
+    let r = sidecar.send(&larger).await;
     assert_eq!(
         r.status, 503,
         "while the budget is full, a delivery is refused"
@@ -224,7 +261,7 @@ async fn a_flood_of_stalled_one_megabyte_uploads_keeps_memory_far_below_the_pod_
     drop(conns);
     eventually(
         "once the stalled uploads are gone, deliveries flow",
-        || async { sidecar.send(&Delivery::json()).await.status == 200 },
+        || async { sidecar.send(&larger).await.status == 200 },
     )
     .await;
 }
