@@ -2,7 +2,7 @@
 //! file, the key and the reason of the first thing wrong.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::*;
@@ -458,7 +458,46 @@ impl Validator<'_> {
                 "applies only to TLS: use rediss:// (or rediss+sentinel://) in dedup.redis_url",
             ));
         }
-        let ca_file = match raw.redis_ca_file {
+        let ca_file = self.redis_ca_file(raw.redis_ca_file)?;
+        if let Some(name) = &raw.redis_tls_server_name
+            && !is_dns_name(name)
+        {
+            return Err(self.err(
+                "dedup.redis_tls_server_name",
+                "expected a DNS name such as \"redis.example.internal\"",
+            ));
+        }
+        if let Some(user) = &raw.redis_username
+            && (user.is_empty() || user.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(self.err(
+                "dedup.redis_username",
+                "expected an ACL user name, without spaces",
+            ));
+        }
+        let password = self.redis_password(raw.redis_password)?;
+        if raw.redis_username.is_some() && password.is_none() {
+            return Err(self.err(
+                "dedup.redis_username",
+                "needs dedup.redis_password: an ACL user authenticates with a password",
+            ));
+        }
+        Ok(RedisConfig {
+            target,
+            tls,
+            ca_file,
+            tls_server_name: raw.redis_tls_server_name,
+            username: raw.redis_username,
+            password,
+            prefix: prefix.to_string(),
+            timeout: Duration::from_millis(raw.redis_timeout_ms),
+            on_store_error: raw.on_store_error.unwrap_or_default(),
+        })
+    }
+
+    /// `dedup.redis_ca_file`, relative to the config file, holding at least one PEM certificate.
+    fn redis_ca_file(&self, raw_path: Option<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
+        match raw_path {
             Some(path) => {
                 let path = if path.is_relative() {
                     self.base.parent().unwrap_or(Path::new(".")).join(path)
@@ -480,27 +519,18 @@ impl Validator<'_> {
                         "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
                     ));
                 }
-                Some(path)
+                Ok(Some(path))
             }
-            None => None,
-        };
-        if let Some(name) = &raw.redis_tls_server_name
-            && !is_dns_name(name)
-        {
-            return Err(self.err(
-                "dedup.redis_tls_server_name",
-                "expected a DNS name such as \"redis.example.internal\"",
-            ));
+            None => Ok(None),
         }
-        if let Some(user) = &raw.redis_username
-            && (user.is_empty() || user.chars().any(|c| c.is_whitespace() || c.is_control()))
-        {
-            return Err(self.err(
-                "dedup.redis_username",
-                "expected an ACL user name, without spaces",
-            ));
-        }
-        let password = match raw.redis_password {
+    }
+
+    /// `dedup.redis_password`: from a secret source only, never written in the file.
+    fn redis_password(
+        &self,
+        raw_password: Option<RawSecret>,
+    ) -> Result<Option<Secret>, ConfigError> {
+        match raw_password {
             Some(p) => {
                 let key = "dedup.redis_password";
                 if p.value.is_some() {
@@ -516,30 +546,12 @@ impl Validator<'_> {
                         "takes only env or file (name and not_after are for HMAC secrets)",
                     ));
                 }
-                Some(
-                    secrets::resolve(key, 0, p, self.base, &self.read)
-                        .map_err(|(key, reason)| self.err(key, reason))?,
-                )
+                secrets::resolve(key, 0, p, self.base, &self.read)
+                    .map(Some)
+                    .map_err(|(key, reason)| self.err(key, reason))
             }
-            None => None,
-        };
-        if raw.redis_username.is_some() && password.is_none() {
-            return Err(self.err(
-                "dedup.redis_username",
-                "needs dedup.redis_password: an ACL user authenticates with a password",
-            ));
+            None => Ok(None),
         }
-        Ok(RedisConfig {
-            target,
-            tls,
-            ca_file,
-            tls_server_name: raw.redis_tls_server_name,
-            username: raw.redis_username,
-            password,
-            prefix: prefix.to_string(),
-            timeout: Duration::from_millis(raw.redis_timeout_ms),
-            on_store_error: raw.on_store_error.unwrap_or_default(),
-        })
     }
 }
 
@@ -580,46 +592,48 @@ fn redis_target(url: &str) -> Result<(RedisTarget, bool), String> {
             ))
         }
         "redis+sentinel" | "rediss+sentinel" => {
-            let mut parts = rest.splitn(3, '/');
-            let hosts = parts.next().unwrap_or("");
-            let master = parts.next().unwrap_or("");
-            let db = match parts.next() {
-                None | Some("") => 0,
-                Some(db) => db.parse::<i64>().map_err(|_| EXPECTED)?,
-            };
-            if master.is_empty() || master.contains(['?', '#']) {
-                return Err(
-                    "names no master: expected redis+sentinel://host1[:port],host2[:port]/master"
-                        .into(),
-                );
-            }
-            let mut sentinels = Vec::new();
-            for h in hosts.split(',') {
-                let (host, port) = match h.rsplit_once(':') {
-                    Some((host, port)) if !host.ends_with(']') || h.starts_with('[') => (
-                        host,
-                        port.parse::<u16>()
-                            .map_err(|_| "a sentinel's port is not a number (1 to 65535)")?,
-                    ),
-                    _ => (h, 26379),
-                };
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                if host.is_empty() || port == 0 {
-                    return Err(EXPECTED.into());
-                }
-                sentinels.push((host.to_string(), port));
-            }
-            Ok((
-                RedisTarget::Sentinel {
-                    sentinels,
-                    master: master.to_string(),
-                    db,
-                },
-                scheme == "rediss+sentinel",
-            ))
+            Ok((sentinel_target(rest)?, scheme == "rediss+sentinel"))
         }
         _ => Err(EXPECTED.into()),
     }
+}
+
+/// The part of a `redis+sentinel://` URL after the scheme: `host1[:port],host2[:port]/master[/db]`.
+fn sentinel_target(rest: &str) -> Result<RedisTarget, String> {
+    const EXPECTED: &str = "expected redis+sentinel://host1[:port],host2[:port]/master[/db]";
+    let mut parts = rest.splitn(3, '/');
+    let hosts = parts.next().unwrap_or("");
+    let master = parts.next().unwrap_or("");
+    let db = match parts.next() {
+        None | Some("") => 0,
+        Some(db) => db.parse::<i64>().map_err(|_| EXPECTED)?,
+    };
+    if master.is_empty() || master.contains(['?', '#']) {
+        return Err(
+            "names no master: expected redis+sentinel://host1[:port],host2[:port]/master".into(),
+        );
+    }
+    let mut sentinels = Vec::new();
+    for h in hosts.split(',') {
+        let (host, port) = match h.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || h.starts_with('[') => (
+                host,
+                port.parse::<u16>()
+                    .map_err(|_| "a sentinel's port is not a number (1 to 65535)")?,
+            ),
+            _ => (h, 26379),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port == 0 {
+            return Err(EXPECTED.into());
+        }
+        sentinels.push((host.to_string(), port));
+    }
+    Ok(RedisTarget::Sentinel {
+        sentinels,
+        master: master.to_string(),
+        db,
+    })
 }
 
 /// A DNS name a certificate can hold: labels of letters, digits and `-`, `*.` allowed first.

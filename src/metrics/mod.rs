@@ -331,8 +331,8 @@ impl Metrics {
         }
     }
 
-    /// The gauges, and the counters without a label.
-    fn render_gauges(&self, w: &mut String, dedup_entries: u64, buffered_bytes: u64) {
+    /// The dedup store's gauges and counters without a label.
+    fn render_dedup(&self, w: &mut String, dedup_entries: u64) {
         for (meta, value) in [
             (
                 (
@@ -374,6 +374,16 @@ impl Metrics {
                 ),
                 load(&self.commits_dropped) as i64,
             ),
+        ] {
+            header(w, meta);
+            let _ = writeln!(w, "{} {value}", meta.0);
+        }
+    }
+
+    /// The other gauges, and the counters without a label.
+    fn render_gauges(&self, w: &mut String, dedup_entries: u64, buffered_bytes: u64) {
+        self.render_dedup(w, dedup_entries);
+        for (meta, value) in [
             (
                 (
                     "pps_sidecar_config_last_reload_success",
