@@ -33,7 +33,7 @@ use pps_sidecar::config::Config;
 use pps_sidecar::upstream::App;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: pps_sidecar::allocator::MiMalloc = pps_sidecar::allocator::MiMalloc;
 
 /// The app's answer body is read whole before it is relayed (`ServeHttp`'s limitation); past this, 502.
 const MAX_ANSWER_BYTES: usize = 1 << 20;

@@ -26,7 +26,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: pps_sidecar::allocator::MiMalloc = pps_sidecar::allocator::MiMalloc;
 
 /// Reads the body and throws it away, like nginx's `return 200` (`ngx_http_discard_request_body`).
 struct Ok200;

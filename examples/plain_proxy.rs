@@ -20,7 +20,7 @@ use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: pps_sidecar::allocator::MiMalloc = pps_sidecar::allocator::MiMalloc;
 
 /// Forwards to one upstream; the peer is built once so a request only clones it.
 struct Plain {

@@ -89,22 +89,23 @@ fn text(
     let Some(value) = single(req, key, name)? else {
         return Ok(None);
     };
-    let v = std::str::from_utf8(value.as_bytes()).map_err(|_| HeaderError::NotText(name))?;
+    let v = std::str::from_utf8(value).map_err(|_| HeaderError::NotText(name))?;
     Ok(Some(v.to_string()))
 }
 
 /// `X-Pps-Triggered-At` as sent: ambiguous when repeated with different values, but any value that is not
 /// text is forwarded as it came rather than refused (a wrong 400 loses the event for good).
 fn triggered_at(req: &RequestHeader) -> Result<Option<HeaderValue>, HeaderError> {
-    single(req, &lower::TRIGGERED_AT, headers::TRIGGERED_AT)
+    let value = single(req, &lower::TRIGGERED_AT, headers::TRIGGERED_AT)?;
+    Ok(value.and_then(|v| HeaderValue::from_bytes(v).ok()))
 }
 
 /// The one value of `key`, trimmed of surrounding blanks; different values are ambiguous.
-fn single(
-    req: &RequestHeader,
+fn single<'r>(
+    req: &'r RequestHeader,
     key: &HeaderName,
     name: &'static str,
-) -> Result<Option<HeaderValue>, HeaderError> {
+) -> Result<Option<&'r [u8]>, HeaderError> {
     let mut found: Option<&[u8]> = None;
     for value in req.headers.get_all(key) {
         let v = value.as_bytes().trim_ascii();
@@ -115,18 +116,21 @@ fn single(
         }
     }
     // A trimmed slice of a valid value is a valid value.
-    Ok(found.and_then(|v| HeaderValue::from_bytes(v).ok()))
+    Ok(found)
 }
 
 /// A UUID in lowercase; anything else unchanged.
-fn canonical_id(id: String) -> String {
+fn canonical_id(mut id: String) -> String {
     let b = id.as_bytes();
     let is_uuid = b.len() == 36
         && b.iter().enumerate().all(|(i, c)| match i {
             8 | 13 | 18 | 23 => *c == b'-',
             _ => c.is_ascii_hexdigit(),
         });
-    if is_uuid { id.to_ascii_lowercase() } else { id }
+    if is_uuid {
+        id.make_ascii_lowercase();
+    }
+    id
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ pub const IDENTITY: [&str; 5] = [TOPIC, SUB_TOPIC, TENANT_ID, WEBHOOK_ID, TRIGGE
 /// A lowercase header name as CGI, WSGI, Rack and PHP apps read it: `x_pps_verified` and
 /// `x.pps.verified` are `x-pps-verified` to them (PHP's variable names turn `.` into `_` as well).
 pub fn spelled(lowercase: &str) -> Cow<'_, str> {
-    if lowercase.contains(['_', '.']) {
+    if lowercase.bytes().any(|b| b == b'_' || b == b'.') {
         lowercase.replace(['_', '.'], "-").into()
     } else {
         lowercase.into()

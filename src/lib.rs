@@ -5,6 +5,7 @@
 //! [`upstream`]. The configuration is [`config`]; the state in force, swapped on reload, is [`state`].
 
 pub mod admin;
+pub mod allocator;
 pub mod auth;
 pub mod config;
 pub mod dedup;

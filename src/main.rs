@@ -11,7 +11,7 @@ mod spool_cli;
 /// glibc's malloc showed as a tenth of the delivery path's CPU in profiles; mimalloc's thread-local
 /// free lists make the many small per-request allocations (headers, buffers) cheap.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: pps_sidecar::allocator::MiMalloc = pps_sidecar::allocator::MiMalloc;
 use pps_sidecar::config::{Config, LogFormat, Method};
 use pps_sidecar::logging;
 

@@ -99,6 +99,11 @@ impl Exchange {
     /// Reads one response head. `Ok(false)`: it was informational, the final one follows.
     async fn read_head(&mut self) -> Result<bool, Failed> {
         loop {
+            // Nothing read yet (the usual first pass): straight to the read.
+            if self.buf.is_empty() {
+                self.fill_head().await?;
+                continue;
+            }
             let parsed = codec::parse_head(&self.buf)
                 .map_err(|e| Failed::after_sending(AppFailure::Unreachable, e.what()))?;
             match parsed {
@@ -121,16 +126,19 @@ impl Exchange {
                     return Ok(true);
                 }
             }
-            match self.fill().await {
-                Ok(0) => {
-                    return Err(Failed::after_sending(
-                        AppFailure::Unreachable,
-                        "closed before answering",
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) => return Err(Failed::io(&e, "waiting for the answer")),
-            }
+            self.fill_head().await?;
+        }
+    }
+
+    /// Reads more of an answer head; the app closing before it is whole is a failure.
+    async fn fill_head(&mut self) -> Result<(), Failed> {
+        match self.fill().await {
+            Ok(0) => Err(Failed::after_sending(
+                AppFailure::Unreachable,
+                "closed before answering",
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(Failed::io(&e, "waiting for the answer")),
         }
     }
 

@@ -15,7 +15,7 @@ use pps_sidecar::dedup::memory::MemoryStore;
 use pps_sidecar::dedup::{Body, BodyDigest, DedupStore, Held, Key, StoreClaim};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: pps_sidecar::allocator::MiMalloc = pps_sidecar::allocator::MiMalloc;
 
 const DAY: Duration = Duration::from_secs(86_400);
 const FULL: u64 = 1_000_000;
