@@ -442,8 +442,10 @@ impl Validator<'_> {
         if prefix.trim().is_empty() {
             return Err(self.err(
                 "dedup.redis_prefix",
-                "is required when dedup.backend = \"redis\": it names this app's keys in a shared Redis \
-                 (such as \"orders-app:\")",
+                concat!(
+                    "is required when dedup.backend = \"redis\": ",
+                    "it names this app's keys in a shared Redis (such as \"orders-app:\")",
+                ),
             ));
         }
         if !tls && raw.redis_ca_file.is_some() {
@@ -536,8 +538,7 @@ impl Validator<'_> {
                 if p.value.is_some() {
                     return Err(self.err(
                         key,
-                        "a password is never written in the configuration: use { env = \"NAME\" } or \
-                         { file = \"/path\" } (a mounted Secret)",
+                        format!("a password is never written in the configuration: set {PASSWORD_FROM_SECRET}"),
                     ));
                 }
                 if p.name.is_some() || p.not_after.is_some() {
@@ -555,19 +556,25 @@ impl Validator<'_> {
     }
 }
 
+/// Where a Redis password belongs, said wherever one is written in the wrong place.
+const PASSWORD_FROM_SECRET: &str =
+    "dedup.redis_password = { env = \"NAME\" } or { file = \"/path\" } (from a Secret)";
+
 /// `dedup.redis_url`, parsed: where Redis is and whether TLS is on. The reason never quotes the URL (it
 /// may hold a password, the one thing it must not hold).
 fn redis_target(url: &str) -> Result<(RedisTarget, bool), String> {
-    const EXPECTED: &str = "expected redis://host[:port][/db], rediss://host[:port][/db] (TLS), unix:///path, \
-         or redis+sentinel://host1[:port],host2[:port]/master (rediss+sentinel:// for TLS)";
+    const EXPECTED: &str = concat!(
+        "expected redis://host[:port][/db], rediss://host[:port][/db] (TLS), unix:///path, ",
+        "or redis+sentinel://host1[:port],host2[:port]/master (rediss+sentinel:// for TLS)",
+    );
     let (scheme, rest) = url.split_once("://").ok_or(EXPECTED)?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if let Some((userinfo, _)) = authority.rsplit_once('@') {
         return Err(if userinfo.contains(':') {
-            "holds a password, which a ConfigMap must not: remove it from the URL and set \
-             dedup.redis_password = { env = \"NAME\" } or { file = \"/path\" } (from a Secret), and \
-             dedup.redis_username for an ACL user"
-                .into()
+            format!(
+                "holds a password, which a ConfigMap must not: remove it from the URL and set \
+                 {PASSWORD_FROM_SECRET}, and dedup.redis_username for an ACL user"
+            )
         } else {
             "holds a user name: set it in dedup.redis_username instead (and the password in \
              dedup.redis_password, from a Secret)"
@@ -575,9 +582,9 @@ fn redis_target(url: &str) -> Result<(RedisTarget, bool), String> {
         });
     }
     if url.contains("password=") || url.contains("pass=") {
-        return Err("holds a password parameter, which a ConfigMap must not: set \
-                    dedup.redis_password = { env = \"NAME\" } or { file = \"/path\" } (from a Secret)"
-            .into());
+        return Err(format!(
+            "holds a password parameter, which a ConfigMap must not: set {PASSWORD_FROM_SECRET}"
+        ));
     }
     match scheme {
         "redis" | "rediss" | "unix" => {
