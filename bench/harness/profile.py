@@ -32,8 +32,8 @@ def main(root: str) -> int:
 
 def plan(s):
     rows = select([os.environ.get("PROFILE_ROW", "C")])
-    if len(rows) != 1 or rows[0].peer not in ("sidecar", "traced", "plain", "serve", "client"):
-        raise BenchError("PROFILE_ROW must name one row of a Rust peer (C, C-traced, D, B-pingora, B-serve, B-client...)")
+    if len(rows) != 1 or rows[0].peer not in ("sidecar", "traced", "nodedup", "plain", "serve", "client"):
+        raise BenchError("PROFILE_ROW must name one row of a Rust peer (C, C-nodedup, C-traced, D, B-pingora, B-serve, B-client...)")
     row = rows[0]
     install(s)
     example = BY_KEY[row.peer].example

@@ -118,6 +118,8 @@ REFERENCE = [
     ("64 KiB: p99 sidecar - nginx", "E-sidecar", "E-nginx", P99, "diff"),
     ("1 MiB: sidecar/nginx req/s", "F-sidecar", "F-nginx", RPS, "ratio"),
     ("1 MiB: p99 sidecar - nginx", "F-sidecar", "F-nginx", P99, "diff"),
+    ("dedup store: CPU/request on - off (C - C-nodedup)", "C", "C-nodedup", CPU, "cpudiff"),
+    ("dedup store: req/s on/off (C/C-nodedup)", "C", "C-nodedup", RPS, "ratio"),
     ("tracing: CPU/request on - off (C-traced - C)", "C-traced", "C", CPU, "cpudiff"),
     ("tracing: req/s on/off (C-traced/C)", "C-traced", "C", RPS, "ratio"),
     ("tracing: p99 on - off (C-traced - C)", "C-traced", "C", P99, "diff"),
@@ -178,11 +180,16 @@ def cpu_summary(m: Medians) -> str:
     return "      proxy CPU per 1 KiB request: " + ", ".join(parts)
 
 
-# Where the sidecar's CPU per 1 KiB delivery goes: each step adds one layer to the one before.
-LAYERS = [
+# Where the sidecar's CPU per 1 KiB delivery goes: each step adds one layer to the one before. With row
+# C-nodedup, the sidecar's own work is split into the dedup store and the rest.
+FLOOR = [
     ("Pingora's HTTP server alone (B-serve)", "B-serve", None),
     ("+ the sidecar's client to the app (B-client)", "B-client", "B-serve"),
-    ("+ ProxyHttp and the sidecar's own work (C)", "C", "B-client"),
+]
+OWN = [("+ the sidecar's own work (C)", "C", "B-client")]
+OWN_SPLIT = [
+    ("+ verify, headers, access log, metrics (C-nodedup)", "C-nodedup", "B-client"),
+    ("+ the dedup store, memory (C)", "C", "C-nodedup"),
 ]
 
 
@@ -190,7 +197,7 @@ def breakdown(m: Medians) -> List[str]:
     if not m.has("B-serve", "B-client", "C"):
         return []
     out = ["", "  where the sidecar's CPU per 1 KiB delivery goes (proxy us/req, medians: total = user + system)"]
-    for label, row, below in LAYERS:
+    for label, row, below in FLOOR + (OWN_SPLIT if m.has("C-nodedup") else OWN):
         if below is None:
             t, u, y = (m.med(row, f) for f in (CPU, USR, SYS))
             out.append(f"  {label:<52} {t:7.1f} = {u:6.1f} + {y:6.1f}")

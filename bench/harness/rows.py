@@ -43,6 +43,7 @@ ROWS: List[Row] = [
     Row("B-serve", "serve", "1k", "static", "normal", "1 KiB, Pingora server, no app", app="none"),
     Row("B-client", "client", "1k", "static", "normal", "1 KiB, Pingora server + our client"),
     Row("C", "sidecar", "1k", "unique", "normal", "1 KiB, sidecar, unique ids"),
+    Row("C-nodedup", "nodedup", "1k", "unique", "normal", "1 KiB, sidecar, dedup off"),
     Row("C-traced", "traced", "1k", "unique", "normal", "1 KiB, sidecar, tracing on (OTLP to loopback)"),
     Row("D", "sidecar", "1k", "dup", "normal", "1 KiB, sidecar, duplicates (cached)", app="first"),
     Row("E-app", "app", "64k", "static", "normal", "64 KiB, app directly"),

@@ -15,7 +15,7 @@ NUMBERS = {
     "THREADS": (1, "wrk threads"),
     "WARMUP": (2, "seconds of unmeasured load per row before the first round"),
     "FILL_MAX_SECONDS": (900, "give up the memory phase after this long"),
-    "PORT_BASE": (18700, "the servers listen on 127.0.0.1, PORT_BASE+1 to +12"),
+    "PORT_BASE": (18700, "the servers listen on 127.0.0.1, PORT_BASE+1 to +14"),
     "NOISY_LIMIT": (20, "a run where other processes used more than this % of a CPU is noisy"),
     "STEAL_LIMIT": (10, "a run where the hypervisor stole more than this % of the servers' CPU is noisy"),
     "NOISY_RETRIES": (2, "a noisy run is repeated at most this many times"),

@@ -11,7 +11,7 @@ use pingora::http::RequestHeader;
 
 use super::ended::Ended;
 use crate::config::LogFormat;
-use crate::logging::{ACCESS, quote};
+use crate::logging::{self, quote};
 use crate::trace::Context;
 
 /// Writes the access line of a finished request. A delivery's tenant, topic and webhook id are its
@@ -24,6 +24,9 @@ pub fn write(
     started: Instant,
     format: LogFormat,
 ) {
+    if !logging::access_enabled() {
+        return;
+    }
     let trace_id = trace.trace_id_hex();
     let d = ended.delivery.as_ref();
     let verified = match &ended.verified {
@@ -61,7 +64,7 @@ pub fn write(
         LogFormat::Text => text_line(&fields),
         LogFormat::Json => json_line(&fields),
     };
-    log::info!(target: ACCESS, "{line}");
+    logging::access(&line);
 }
 
 enum Field<'a> {

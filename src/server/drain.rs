@@ -73,6 +73,7 @@ pub fn exit_when_drained(mut phases: tokio::sync::broadcast::Receiver<ExecutionP
                         std::thread::sleep(Duration::from_millis(20));
                     }
                     log::info!("drained: exiting");
+                    crate::logging::flush();
                     std::process::exit(0);
                 }
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

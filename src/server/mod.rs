@@ -85,6 +85,7 @@ pub fn run(config: Config) -> ! {
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
     });
+    crate::logging::flush();
     std::process::exit(0)
 }
 

@@ -185,3 +185,39 @@ async fn a_refused_config_keeps_last_reload_success_at_0_until_a_good_file_repla
     })
     .await;
 }
+
+/// Access lines wait to be written together (one write for many deliveries), yet a line written after
+/// them never comes before them, and none is lost when the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lines_keep_their_order_with_other_lines_and_are_all_written_before_exit() {
+    let app = TestApp::start().await;
+    let sidecar = Sidecar::start(&app, "[server]\nshutdown_delay_ms = 0\n").await;
+    let mut conn = Conn::open(sidecar.addr).await;
+    for _ in 0..5 {
+        assert_eq!(conn.send(&Delivery::json().bytes()).await.status, 200);
+    }
+    let unnamed = Delivery::json().set("X-Pps-Webhook-Id", None);
+    assert_eq!(conn.send(&unnamed.bytes()).await.status, 400);
+    for _ in 0..20 {
+        assert_eq!(conn.send(&Delivery::json().bytes()).await.status, 200);
+    }
+    drop(conn);
+    signal(sidecar.pid(), "TERM");
+    let status = poll("the sidecar exits", || async { sidecar.exited() }).await;
+    assert_eq!(status.code(), Some(0), "{}", sidecar.log());
+
+    let log = sidecar.log();
+    let lines: Vec<&str> = log.lines().collect();
+    let access: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("target=access"))
+        .collect();
+    assert_eq!(access.len(), 26, "every request's access line:\n{log}");
+    let refused = lines
+        .iter()
+        .position(|l| l.contains("msg=\"bad request: "))
+        .unwrap_or_else(|| panic!("the refusal is logged:\n{log}"));
+    assert!(
+        access[4] < refused && refused < access[5],
+        "the refusal's line comes after the access lines before it and before its own:\n{log}"
+    );
+}

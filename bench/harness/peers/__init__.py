@@ -8,7 +8,8 @@ from .pingora_client import PingoraClient
 from .pingora_serve import PingoraServe
 from .plain_pingora import PlainPingora
 from .sidecar import Sidecar
+from .sidecar_nodedup import SidecarNoDedup
 from .sidecar_traced import SidecarTraced
 
-ALL = [App, NginxProxy, Njs, PlainPingora, PingoraServe, PingoraClient, Sidecar, SidecarTraced]
+ALL = [App, NginxProxy, Njs, PlainPingora, PingoraServe, PingoraClient, Sidecar, SidecarTraced, SidecarNoDedup]
 BY_KEY = {p.key: p for p in ALL}
