@@ -14,9 +14,11 @@
 //! `FLUSH_EVERY` has passed: one `write` per delivery cost about 1.8 us of system time, a sixth of what
 //! the sidecar's own work costs (bench/README.md), and wakes whatever reads the pod's log on every
 //! request. Every other line is written at once, after the access lines waiting before it, so lines keep
-//! their order. What waits is written before the process exits; a process killed outright loses at most
-//! `FLUSH_EVERY` of access lines.
+//! their order. Both go through env_logger, so `RUST_LOG` filters them alike. What waits is written
+//! before the process exits; a process that dies of a signal it does not handle (`SIGKILL`, `SIGQUIT`)
+//! loses at most `FLUSH_EVERY` of access lines.
 
+use std::cell::Cell;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -40,21 +42,33 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Lines not yet written to standard error.
 static PENDING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
+thread_local! {
+    /// Whether the line this thread is writing is an access line (set as env_logger formats it, read
+    /// when it hands the line over).
+    static ACCESS_LINE: Cell<bool> = const { Cell::new(false) };
+}
+
 /// Installs the process's logger; the level comes from `RUST_LOG` (default `info`).
 pub fn init(format: LogFormat) {
     set_format(format);
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     builder.format(move |buf, record| {
-        let msg = record.args().to_string();
         let (ts, level, target) = (timestamp(), record.level(), record.target());
-        let line = match format_now() {
+        let format = format_now();
+        ACCESS_LINE.set(target == ACCESS);
+        // The access line, one per request, is written as it is: its fields are already quoted.
+        if format == LogFormat::Text && target == ACCESS {
+            return writeln!(buf, "ts={ts} level=info target={ACCESS} {}", record.args());
+        }
+        let msg = record.args().to_string();
+        let line = match format {
             LogFormat::Text => text(&ts, level, target, &msg),
             LogFormat::Json => json(&ts, level, target, &msg),
         };
         writeln!(buf, "{line}")
     });
-    builder.target(env_logger::Target::Pipe(Box::new(AtOnce)));
+    builder.target(env_logger::Target::Pipe(Box::new(Batched)));
     builder.init();
     let flusher = std::thread::Builder::new().name("log-flush".into());
     let _ = flusher.spawn(|| {
@@ -68,28 +82,6 @@ pub fn init(format: LogFormat) {
 /// Whether access lines are written (`RUST_LOG` lets `info` through for the `access` target).
 pub fn access_enabled() -> bool {
     log::log_enabled!(target: ACCESS, log::Level::Info)
-}
-
-/// Queues one access line: `fields`, already quoted or JSON (`proxy::access_log`), after the line's own
-/// timestamp, level and target.
-pub fn access(fields: &str) {
-    let ts = timestamp();
-    let mut pending = pending();
-    match format_now() {
-        LogFormat::Text => {
-            for part in ["ts=", &ts, " level=info target=", ACCESS, " ", fields, "\n"] {
-                pending.extend_from_slice(part.as_bytes());
-            }
-        }
-        LogFormat::Json => {
-            let line = json(&ts, log::Level::Info, ACCESS, fields);
-            pending.extend_from_slice(line.as_bytes());
-            pending.push(b'\n');
-        }
-    }
-    if pending.len() >= FLUSH_AT {
-        write_out(&mut pending);
-    }
 }
 
 /// Writes out every line waiting; before the process exits.
@@ -110,18 +102,21 @@ fn write_out(pending: &mut Vec<u8>) {
     }
 }
 
-/// env_logger's target: its lines (one `write_all` and a `flush` each) go out at once, behind the
-/// access lines that were waiting.
-struct AtOnce;
+/// env_logger's target. Each line comes as one `write_all` and a `flush`: an access line waits (up to
+/// `FLUSH_AT`), any other goes out at once, behind the access lines waiting before it.
+struct Batched;
 
-impl std::io::Write for AtOnce {
+impl std::io::Write for Batched {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
         pending().extend_from_slice(line);
         Ok(line.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        flush();
+        let mut pending = pending();
+        if !ACCESS_LINE.get() || pending.len() >= FLUSH_AT {
+            write_out(&mut pending);
+        }
         Ok(())
     }
 }

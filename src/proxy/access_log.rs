@@ -11,7 +11,7 @@ use pingora::http::RequestHeader;
 
 use super::ended::Ended;
 use crate::config::LogFormat;
-use crate::logging::{self, quote};
+use crate::logging::{self, ACCESS, quote};
 use crate::trace::Context;
 
 /// Writes the access line of a finished request. A delivery's tenant, topic and webhook id are its
@@ -64,7 +64,7 @@ pub fn write(
         LogFormat::Text => text_line(&fields),
         LogFormat::Json => json_line(&fields),
     };
-    logging::access(&line);
+    log::info!(target: ACCESS, "{line}");
 }
 
 enum Field<'a> {

@@ -221,3 +221,25 @@ async fn access_lines_keep_their_order_with_other_lines_and_are_all_written_befo
         "the refusal's line comes after the access lines before it and before its own:\n{log}"
     );
 }
+
+/// `RUST_LOG`'s `/pattern` keeps only the lines whose message matches, access lines included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_message_filter_applies_to_access_lines() {
+    let app = TestApp::start().await;
+    let env = [("RUST_LOG", "info/outcome=duplicate")];
+    let sidecar = Sidecar::start_with(app.addr, "", &env).await;
+    let d = Delivery::json();
+    assert_eq!(sidecar.send(&d).await.status, 200);
+    let again = sidecar.send(&d).await;
+    assert_eq!(again.get("X-Pps-Duplicate"), Some("true"));
+    signal(sidecar.pid(), "TERM");
+    let status = poll("the sidecar exits", || async { sidecar.exited() }).await;
+    assert_eq!(status.code(), Some(0), "{}", sidecar.log());
+    let log = sidecar.log();
+    let access: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("target=access"))
+        .collect();
+    assert_eq!(access.len(), 1, "only the duplicate's line:\n{log}");
+    assert!(access[0].contains("outcome=duplicate"), "{log}");
+}
