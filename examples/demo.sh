@@ -51,4 +51,9 @@ show "forged delivery: refused, the app never sees it" "$forged"
 show "the same delivery again: answered from the cache, the app is not called" "$signed"
 
 echo; echo "== the sidecar's access log"
-grep 'access' "$work/sidecar.log" | sed 's/^\[[^]]*\] *//'
+# Access lines are written in batches, at most 100 ms after the request: wait for the three (2 s at most).
+for _ in $(seq 20); do
+  [ "$(grep -c 'target=access' "$work/sidecar.log")" -ge 3 ] && break
+  sleep 0.1
+done
+grep 'target=access' "$work/sidecar.log" | sed 's/^\[[^]]*\] *//'
