@@ -53,11 +53,9 @@ def write_config(bench) -> str:
     return path
 
 
-class Sidecar(Peer):
-    key = "sidecar"
-    title = "pps-sidecar"
-    port_offset = 4
-    admin_offset = 5
+class SidecarProcess(Peer):
+    """A process of the sidecar's binary with its webhook and admin ports (the rows C, C-nodedup, C-traced)."""
+    admin_offset = 0
 
     @property
     def admin_port(self) -> int:
@@ -66,12 +64,37 @@ class Sidecar(Peer):
     def ports(self):
         return [self.port, self.admin_port]
 
-    def start(self) -> None:
+    def derived_config(self, name: str, edit) -> str:
+        """The `sidecar` peer's file on this process's ports, changed by `edit` (text -> text), written to
+        the temporary directory's `name/`."""
         b = self.bench
-        config = write_config(b)
+        with open(write_config(b)) as f:
+            base = f.read()
+        text = edit(base.replace(f":{b.port(Sidecar.port_offset)}\"", f":{self.port}\"")
+                    .replace(f":{b.port(Sidecar.admin_offset)}\"", f":{self.admin_port}\""))
+        d = os.path.join(b.tmp, name)
+        os.makedirs(d, exist_ok=True)
+        config = os.path.join(d, "sidecar.toml")
+        with open(config, "w") as f:
+            f.write(text)
+        return config
+
+    def launch(self, config: str, name: str) -> None:
+        """Runs the sidecar on `config`, its log in `name/sidecar.log`, until its admin port answers."""
+        b = self.bench
         env = {"RUST_LOG": "info" if b.s.logs else "warn"}
-        self.start_binary([b.built.sidecar, "run", "--config", config], "sidecar/sidecar.log", env)
+        self.start_binary([b.built.sidecar, "run", "--config", config], f"{name}/sidecar.log", env)
         b.wait_port(self.admin_port, self.proc, f"{self.title} (admin)", 120 if self.wrapper else 10)
+
+
+class Sidecar(SidecarProcess):
+    key = "sidecar"
+    title = "pps-sidecar"
+    port_offset = 4
+    admin_offset = 5
+
+    def start(self) -> None:
+        self.launch(write_config(self.bench), "sidecar")
 
     def restart(self) -> None:
         """A fresh process: nothing remembered, for the memory phase."""

@@ -9,13 +9,12 @@ import subprocess
 import sys
 
 from ..host import BenchError
-from .base import Peer
-from .sidecar import write_config
+from .sidecar import SidecarProcess
 
 SINK_OFFSET = 12
 
 
-class SidecarTraced(Peer):
+class SidecarTraced(SidecarProcess):
     key = "traced"
     title = "pps-sidecar, tracing on"
     port_offset = 10
@@ -24,10 +23,6 @@ class SidecarTraced(Peer):
     def __init__(self, bench):
         super().__init__(bench)
         self.sink = None
-
-    @property
-    def admin_port(self) -> int:
-        return self.bench.port(self.admin_offset)
 
     @property
     def sink_port(self) -> int:
@@ -42,15 +37,8 @@ class SidecarTraced(Peer):
 
     def start(self) -> None:
         b = self.bench
-        with open(write_config(b)) as f:
-            base = f.read()
-        d = os.path.join(b.tmp, "traced")
-        os.makedirs(d, exist_ok=True)
-        config = os.path.join(d, "sidecar.toml")
-        text = (base.replace(f":{b.port(4)}\"", f":{self.port}\"").replace(f":{b.port(5)}\"", f":{self.admin_port}\"")
-                + f'\n[tracing]\notlp_endpoint = "http://127.0.0.1:{self.sink_port}"\nsample_ratio = 1.0\n')
-        with open(config, "w") as f:
-            f.write(text)
+        tracing = f'\n[tracing]\notlp_endpoint = "http://127.0.0.1:{self.sink_port}"\nsample_ratio = 1.0\n'
+        config = self.derived_config("traced", lambda text: text + tracing)
         out = open(os.path.join(b.tmp, "traced", "sink.log"), "ab")
         sink = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "otlp_sink.py")
         self.sink = subprocess.Popen([sys.executable, sink, str(self.sink_port)], stdout=out, stderr=subprocess.STDOUT,
@@ -58,9 +46,7 @@ class SidecarTraced(Peer):
         out.close()
         b.procs.append(self.sink)
         b.wait_port(self.sink_port, self.sink, "OTLP sink")
-        env = {"RUST_LOG": "info" if b.s.logs else "warn"}
-        self.start_binary([b.built.sidecar, "run", "--config", config], "traced/sidecar.log", env)
-        b.wait_port(self.admin_port, self.proc, f"{self.title} (admin)", 120 if self.wrapper else 10)
+        self.launch(config, "traced")
 
     def spans(self):
         """(exported, dropped) spans so far, from the sidecar's /metrics."""
