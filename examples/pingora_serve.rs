@@ -75,6 +75,9 @@ fn main() -> ExitCode {
         // SIGTERM ends it at once: Pingora would otherwise wait 5 minutes for connections to drain.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
+        // The runtime the sidecar runs with one thread (a current-thread one), so that the rows compare
+        // like with like.
+        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

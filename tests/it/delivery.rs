@@ -499,32 +499,39 @@ async fn a_request_id_sent_by_the_sender_is_kept() {
     assert_eq!(app.requests()[0].all("x-request-id"), vec!["trace-42"]);
 }
 
+/// An app whose keep-alive ends right after each answer (Node's 5 s, PHP-FPM behind a short timeout):
+/// the pooled connection is dead by the next delivery, and the sidecar must see it without sending on
+/// it, on one thread (a current-thread runtime) as on several.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_closing_its_idle_connections_costs_no_delivery_and_no_copy() {
-    // An app whose keep-alive ends right after each answer (Node's 5 s, PHP-FPM behind a short
-    // timeout): the pooled connection is dead by the next delivery.
-    let app = TestApp::start().await;
-    app.set(Behaviour::Raw {
-        answer: b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
-        close: true,
-    });
-    let sidecar = Sidecar::start(&app, "").await;
-    let mut conn = Conn::open(sidecar.addr).await;
-    for i in 0..10 {
-        let r = conn.send(&Delivery::json().bytes()).await;
-        assert_eq!((r.status, r.text().as_str()), (200, "ok\n"), "delivery {i}");
+    for threads in [1, 2] {
+        let app = TestApp::start().await;
+        app.set(Behaviour::Raw {
+            answer: b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
+            close: true,
+        });
+        let sidecar = Sidecar::start(&app, &format!("[server]\nthreads = {threads}\n")).await;
+        let mut conn = Conn::open(sidecar.addr).await;
+        for i in 0..10 {
+            let r = conn.send(&Delivery::json().bytes()).await;
+            assert_eq!(
+                (r.status, r.text().as_str()),
+                (200, "ok\n"),
+                "delivery {i}, threads = {threads}"
+            );
+        }
+        let requests = app.requests();
+        assert_eq!(
+            requests.len(),
+            10,
+            "each delivery reached the app exactly once"
+        );
+        let ids: std::collections::HashSet<_> = requests
+            .iter()
+            .map(|r| r.get("x-pps-webhook-id").unwrap().to_string())
+            .collect();
+        assert_eq!(ids.len(), 10);
     }
-    let requests = app.requests();
-    assert_eq!(
-        requests.len(),
-        10,
-        "each delivery reached the app exactly once"
-    );
-    let ids: std::collections::HashSet<_> = requests
-        .iter()
-        .map(|r| r.get("x-pps-webhook-id").unwrap().to_string())
-        .collect();
-    assert_eq!(ids.len(), 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -203,31 +203,35 @@ async fn broken_config_is_refused_counted_and_the_old_one_keeps_serving() {
     );
 }
 
+/// On one thread (Pingora's current-thread runtime) as on several (its work-stealing one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_lets_the_delivery_in_flight_finish_then_exits_0() {
-    let app = TestApp::start().await;
-    let sidecar = Sidecar::start(&app, "[server]\nshutdown_delay_ms = 0\n").await;
-    app.set(Behaviour::Hold(200));
-    let d = Delivery::json();
-    let mut conn = Conn::open(sidecar.addr).await;
-    conn.write(&d.bytes()).await;
-    app.wait_for(1).await;
+async fn sigterm_lets_the_delivery_in_flight_finish_then_exits_0_on_one_thread_or_several() {
+    for threads in [1, 2] {
+        let app = TestApp::start().await;
+        let extra = format!("[server]\nshutdown_delay_ms = 0\nthreads = {threads}\n");
+        let sidecar = Sidecar::start(&app, &extra).await;
+        app.set(Behaviour::Hold(200));
+        let d = Delivery::json();
+        let mut conn = Conn::open(sidecar.addr).await;
+        conn.write(&d.bytes()).await;
+        app.wait_for(1).await;
 
-    signal(&sidecar, "TERM");
-    eventually("the listener closes", || async {
-        tokio::net::TcpStream::connect(sidecar.addr).await.is_err()
-    })
-    .await;
-    app.release();
-    let r = conn
-        .read()
-        .await
-        .expect("the delivery in flight is answered");
-    assert_eq!(r.status, 200);
-    assert_eq!(r.text(), "app says 200\n");
+        signal(&sidecar, "TERM");
+        eventually("the listener closes", || async {
+            tokio::net::TcpStream::connect(sidecar.addr).await.is_err()
+        })
+        .await;
+        app.release();
+        let r = conn
+            .read()
+            .await
+            .expect("the delivery in flight is answered");
+        assert_eq!(r.status, 200, "threads = {threads}");
+        assert_eq!(r.text(), "app says 200\n");
 
-    let status = poll("the sidecar exits", || async { sidecar.exited() }).await;
-    assert_eq!(status.code(), Some(0), "{}", sidecar.log());
+        let status = poll("the sidecar exits", || async { sidecar.exited() }).await;
+        assert_eq!(status.code(), Some(0), "{}", sidecar.log());
+    }
 }
 
 /// Kubernetes removes a terminating pod from its Service's endpoints a little after SIGTERM: meanwhile

@@ -54,8 +54,23 @@ pub fn repo_path(rel: &str) -> PathBuf {
 
 /// Whether a sidecar is serving: its admin endpoint answers `probe` with 200 and its listener accepts.
 pub async fn serving(admin: SocketAddr, probe: &str, listen: SocketAddr) -> bool {
-    matches!(get(admin, probe).await, Some(r) if r.status == 200)
-        && TcpStream::connect(listen).await.is_ok()
+    matches!(get(admin, probe).await, Some(r) if r.status == 200) && accepts(listen).await
+}
+
+/// Whether `listen` takes a connection. The connection is then ended and its close waited for, so that
+/// it no longer holds a place under `max_connections` when the caller's test begins.
+async fn accepts(listen: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut conn) = TcpStream::connect(listen).await else {
+        return false;
+    };
+    let _ = conn.shutdown().await;
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(super::PATIENCE, async {
+        while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    true
 }
 
 /// The real binary, running with a config written for this test.
