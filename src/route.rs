@@ -79,17 +79,50 @@ const MAX_PATH: usize = 8 * 1024;
 
 /// Routes `path` (the request target's path, still percent-encoded) against the webhook `prefixes`.
 pub fn route(path: &str, prefixes: &[String]) -> Route {
+    match plain(path) {
+        Some(canonical) if prefixes.iter().any(|p| under_lowercase(canonical, p)) => Route::Webhook,
+        Some(_) => Route::Other,
+        None => route_every_way(path, prefixes),
+    }
+}
+
+/// The canonical form of a path with nothing any router reads differently, without building it: one of
+/// visible ASCII with no uppercase letter, `%`, `;`, `.` or `\`, and no `//` (its only empty segments
+/// are the first and a trailing one). `None` for any other path. A delivery's path is almost always one.
+fn plain(path: &str) -> Option<&str> {
+    let simple = path.len() <= MAX_PATH
+        && path.starts_with('/')
+        && !path.contains("//")
+        && path.bytes().all(|b| {
+            matches!(b, b'!'..=b'~') && !matches!(b, b'A'..=b'Z' | b'%' | b';' | b'.' | b'\\')
+        });
+    simple.then(|| match path.trim_end_matches('/') {
+        "" => "/",
+        trimmed => trimmed,
+    })
+}
+
+/// `under(path, lowercased prefix)` without lowercasing the prefix on each request.
+fn under_lowercase(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_ascii() {
+        path.as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+    } else {
+        under(path, &prefix.to_lowercase())
+    }
+}
+
+/// `route` for any path: read in its canonical form, then in every partial reading.
+fn route_every_way(path: &str, prefixes: &[String]) -> Route {
     if path.starts_with("//") {
         return Route::Ambiguous;
     }
     let Some(canonical) = canonical(path) else {
         return Route::Ambiguous;
     };
-    if after_scripts(&canonical).any(|p| {
-        prefixes
-            .iter()
-            .any(|prefix| under(p, &prefix.to_lowercase()))
-    }) {
+    if after_scripts(&canonical).any(|p| prefixes.iter().any(|prefix| under_lowercase(p, prefix))) {
         return Route::Webhook;
     }
     // A router that applies only some of the canonical form's readings, or applies them in another
@@ -578,6 +611,31 @@ mod tests {
         #[test]
         fn any_path_is_routed_without_panicking(p in "\\PC{0,64}") {
             let _ = route(&p, &hooks());
+        }
+
+        #[test]
+        fn the_plain_path_shortcut_routes_as_reading_the_path_every_way(
+            parts in proptest::collection::vec(
+                proptest::sample::select(&[
+                    "/", "webhooks", "hooks", "pitch", "Point", "\u{e9}", "\u{c9}", ".", "..",
+                    "x.php", ";x=1", "%2e", "%77", "//", "\\", "a-b_c~d", " ", "\u{7f}",
+                ][..]),
+                0..8,
+            ),
+        ) {
+            let p = format!("/{}", parts.concat());
+            let prefixes = [
+                vec!["/webhooks".to_string()],
+                vec!["/Pitch/Point/".to_string(), "/hooks".to_string()],
+                vec!["/\u{c9}".to_string()],
+            ];
+            for prefixes in &prefixes {
+                proptest::prop_assert_eq!(
+                    route(&p, prefixes),
+                    route_every_way(&p, prefixes),
+                    "{:?} under {:?}", p, prefixes
+                );
+            }
         }
 
         #[test]
