@@ -1,9 +1,10 @@
 //! Idle connections to the app, most recently used first: reusing the warmest one lets the others age
 //! out. A plain list under a mutex, with no task or timer per connection: an idle connection is checked
-//! only when it is taken, for age and for whether the app closed it meanwhile (`quiet`).
+//! only when it is taken, for age and for a peek that shows whether the app closed it meanwhile.
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -55,13 +56,13 @@ impl Pool {
 }
 
 /// An idle connection with nothing to read: the app has neither closed it nor sent anything unasked.
-/// Tokio's readiness answers first, without a system call: the event loop that reported the sender's
-/// request has also reported any close or byte that came before it, so one it has seen nothing on since
-/// the last read is quiet. One it has seen an event on is read: whatever is there (a byte, the close)
-/// makes the connection unusable anyway.
+/// Tokio's sockets are non-blocking, so the peek answers `WouldBlock` at once when nothing is there.
 fn quiet(stream: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == ErrorKind::WouldBlock)
+    let mut byte = [MaybeUninit::<u8>::uninit()];
+    matches!(
+        socket2::SockRef::from(stream).peek(&mut byte),
+        Err(e) if e.kind() == ErrorKind::WouldBlock
+    )
 }
 
 #[cfg(test)]
