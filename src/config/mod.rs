@@ -94,18 +94,23 @@ pub struct UpstreamConfig {
     /// (Node's is 5 s) so that the sidecar rarely writes into a connection the app is closing.
     pub keepalive_timeout: Duration,
     pub app_4xx: App4xx,
-    /// 4xx statuses relayed as they are even with `app_4xx = "retry"`.
+    /// 4xx statuses relayed as they are even when `defers` would defer them.
     pub app_4xx_final: Vec<u16>,
 }
 
 impl UpstreamConfig {
     /// Whether the app's `status` is answered `503` + `Retry-After` instead of relayed, so that an event
     /// the app refused by mistake (a 404 during a deploy, a 400 from a parsing bug) comes back.
+    ///
+    /// A `408` is, whatever `app_4xx` says (unless listed final): it says the app did not take a whole
+    /// request, most often an idle connection it timed out just as the delivery went out on it. Relayed,
+    /// it is a 4xx that makes Pitchpoint drop an event the app never had.
     pub fn defers(&self, status: u16) -> bool {
-        self.app_4xx == App4xx::Retry
-            && (400..500).contains(&status)
-            && status != 403
-            && !self.app_4xx_final.contains(&status)
+        let retried = match self.app_4xx {
+            App4xx::Retry => (400..500).contains(&status) && status != 403,
+            App4xx::Relay => status == 408,
+        };
+        retried && !self.app_4xx_final.contains(&status)
     }
 
     /// The deadlines these timeouts imply.
@@ -434,6 +439,27 @@ mod tests {
         [auth.hmac]
         secrets = [{ value = "s3cr3t-value" }]
     "#;
+
+    #[test]
+    fn a_408_is_deferred_in_either_mode_and_other_4xx_only_in_retry_mode() {
+        let upstream = |app_4xx: App4xx, app_4xx_final: Vec<u16>| UpstreamConfig {
+            app_4xx,
+            app_4xx_final,
+            ..parse(MINIMAL).unwrap().upstream
+        };
+        let relay = upstream(App4xx::Relay, vec![]);
+        let retry = upstream(App4xx::Retry, vec![]);
+        let final_408 = upstream(App4xx::Retry, vec![408]);
+        let deferred = |u: &UpstreamConfig| {
+            [200, 400, 403, 404, 408, 422, 500]
+                .into_iter()
+                .filter(|s| u.defers(*s))
+                .collect::<Vec<u16>>()
+        };
+        assert_eq!(deferred(&relay), [408]);
+        assert_eq!(deferred(&retry), [400, 404, 408, 422]);
+        assert_eq!(deferred(&final_408), [400, 404, 422]);
+    }
 
     #[test]
     fn defaults_fill_everything_but_the_upstream() {

@@ -137,7 +137,11 @@ pub async fn forward(rq: &mut Request<'_>, sent: Sent<'_>) -> (Relayed, AppCall)
     METRICS.app_response(status, app_time);
     if cfg.upstream.defers(status) {
         // The answer is not relayed; its connection is closed with the exchange.
-        log::info!("app answered {status}: deferred as 503 (upstream.app_4xx = \"retry\")");
+        if status == 408 {
+            log::warn!("app answered 408, it did not take the delivery: deferred as 503");
+        } else {
+            log::info!("app answered {status}: deferred as 503 (upstream.app_4xx = \"retry\")");
+        }
         stake
             .settle(AppAnswer {
                 status,

@@ -23,9 +23,7 @@
 //! single byte of the request. Once any byte was accepted, the app may have read the request and acted
 //! on it, so a reset, an early close or silence after that is final (502 or 504) and the sender's own
 //! retry, answered by the dedup record, decides. The cost: an app that closes an idle connection at the
-//! very moment it is reused makes that delivery a 502, which the sender retries. The same goes for an app
-//! that times an idle connection out with a `408` as the delivery arrives on it: a delivery's `408` is a
-//! `502` (`App::send`), never a 4xx relayed for an event the app did not take.
+//! very moment it is reused makes that delivery a 502, which the sender retries.
 
 mod codec;
 mod exchange;
@@ -122,20 +120,12 @@ impl App {
     /// still with the app.
     pub async fn send(&self, head: Vec<u8>, body: &Bytes) -> Result<Exchange, AppFailure> {
         let deadline = self.deadline;
-        let exchange = tokio::time::timeout(deadline, self.attempts(head, body))
+        tokio::time::timeout(deadline, self.attempts(head, body))
             .await
             .unwrap_or_else(|_| {
                 log::warn!("app exchange failed: no answer within {deadline:?} in all");
                 Err(AppFailure::Timeout)
-            })?;
-        // A 408 says the app did not take a whole request: most often an idle connection it timed out
-        // just as the delivery went out on it. Relayed, it is a 4xx that makes the sender drop an event
-        // the app never had; as a 502 the sender retries. The connection is closed with the exchange.
-        if exchange.status == 408 {
-            log::warn!("app exchange failed: the app answered 408, it did not take the delivery");
-            return Err(AppFailure::Unreachable);
-        }
-        Ok(exchange)
+            })
     }
 
     async fn attempts(&self, head: Vec<u8>, body: &Bytes) -> Result<Exchange, AppFailure> {

@@ -534,31 +534,6 @@ async fn app_closing_its_idle_connections_costs_no_delivery_and_no_copy() {
     }
 }
 
-/// An app's `408` says it did not take the request (most often: an idle connection it timed out as the
-/// delivery arrived on it). Relayed, it is a 4xx that makes Pitchpoint drop the event for good; as a 502
-/// the event is retried, and the retry is not taken for a duplicate.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_app_408_is_a_502_so_that_the_event_the_app_never_took_is_retried() {
-    let app = TestApp::start().await;
-    app.set(Behaviour::Raw {
-        answer: b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        close: true,
-    });
-    let sidecar = Sidecar::start(&app, "").await;
-    let d = Delivery::json();
-    let r = sidecar.send(&d).await;
-    assert_eq!((r.status, r.text().as_str()), (502, "bad gateway\n"));
-    app.set(Behaviour::Answer(200));
-    let retried = sidecar.send(&d).await;
-    assert_eq!(retried.status, 200);
-    assert_eq!(
-        retried.get("x-pps-duplicate"),
-        None,
-        "the retry reached the app"
-    );
-    assert_eq!(app.requests().len(), 2);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusual_but_valid_app_answers_are_relayed_and_garbage_is_502() {
     let app = TestApp::start().await;

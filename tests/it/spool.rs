@@ -160,20 +160,24 @@ async fn an_event_acknowledged_since_leaves_the_spool_and_is_never_replayed() {
     assert_eq!(app.count(), 3, "not delivered again");
 }
 
+/// A 408 included: the sender gets a 503 for it (`UpstreamConfig::defers`), but it is the app's refusal,
+/// kept and reported with the app's own status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_the_app_refuses_again_stays_for_a_later_replay() {
-    let app = TestApp::start().await;
-    let spool = Spool::new();
-    let sidecar = Sidecar::start(&app, &spool.toml("")).await;
-    app.set(Behaviour::Answer(422));
-    sidecar.send(&Delivery::json()).await;
-    let ids = listed(&sidecar).await;
-    let (code, out, _) = cli(&sidecar, &["replay", &ids[0]]).await;
-    assert_eq!((code, out), (1, format!("{} refused 422\n", ids[0])));
-    assert_eq!(listed(&sidecar).await, ids);
-    let (code, out, _) = cli(&sidecar, &["drop", &ids[0]]).await;
-    assert_eq!((code, out), (0, format!("{} dropped\n", ids[0])));
-    assert!(listed(&sidecar).await.is_empty());
+    for status in [422u16, 408] {
+        let app = TestApp::start().await;
+        let spool = Spool::new();
+        let sidecar = Sidecar::start(&app, &spool.toml("")).await;
+        app.set(Behaviour::Answer(status));
+        sidecar.send(&Delivery::json()).await;
+        let ids = listed(&sidecar).await;
+        let (code, out, _) = cli(&sidecar, &["replay", &ids[0]]).await;
+        assert_eq!((code, out), (1, format!("{} refused {status}\n", ids[0])));
+        assert_eq!(listed(&sidecar).await, ids);
+        let (code, out, _) = cli(&sidecar, &["drop", &ids[0]]).await;
+        assert_eq!((code, out), (0, format!("{} dropped\n", ids[0])));
+        assert!(listed(&sidecar).await.is_empty());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
