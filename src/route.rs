@@ -86,20 +86,27 @@ pub fn route(path: &str, prefixes: &[String]) -> Route {
     }
 }
 
-/// The canonical form of a path with nothing any router reads differently, without building it: one of
-/// visible ASCII with no uppercase letter, `%`, `;`, `.` or `\`, and no `//` (its only empty segments
-/// are the first and a trailing one). `None` for any other path. A delivery's path is almost always one.
+/// The canonical form of a path with nothing any router reads differently, without building it: one that
+/// reads one way, of visible ASCII without `\` (its only empty segments are the first and a trailing
+/// one). `None` for any other path. A delivery's path is almost always one.
 fn plain(path: &str) -> Option<&str> {
     let simple = path.len() <= MAX_PATH
         && path.starts_with('/')
-        && !path.contains("//")
-        && path.bytes().all(|b| {
-            matches!(b, b'!'..=b'~') && !matches!(b, b'A'..=b'Z' | b'%' | b';' | b'.' | b'\\')
-        });
+        && read_one_way(path)
+        && path.bytes().all(|b| matches!(b, b'!'..=b'~') && b != b'\\');
     simple.then(|| match path.trim_end_matches('/') {
         "" => "/",
         trimmed => trimmed,
     })
+}
+
+/// Whether `path` has nothing a router reads in more than one way: no `//`, `%`, `;`, `.`, uppercase
+/// letter or byte beyond ASCII.
+fn read_one_way(path: &str) -> bool {
+    !path.contains("//")
+        && !path
+            .bytes()
+            .any(|b| matches!(b, b'%' | b';' | b'.' | b'A'..=b'Z' | 0x80..))
 }
 
 /// `under(path, lowercased prefix)` without lowercasing the prefix on each request.
@@ -128,10 +135,7 @@ fn route_every_way(path: &str, prefixes: &[String]) -> Route {
     // A router that applies only some of the canonical form's readings, or applies them in another
     // order, may still find a webhook path (`/webhooks/..;x=1` as sent): the path means different things
     // to different routers. Only a path with something to read differently pays for the check.
-    let plain = !path.contains("//")
-        && !path
-            .bytes()
-            .any(|b| matches!(b, b'%' | b';' | b'.' | b'A'..=b'Z' | 0x80..));
+    let plain = read_one_way(path);
     // Past this, a path with something to read differently is refused rather than read every way.
     const MAX_READ_EVERY_WAY: usize = 2048;
     if !plain && path.len() > MAX_READ_EVERY_WAY {

@@ -137,11 +137,7 @@ pub async fn forward(rq: &mut Request<'_>, sent: Sent<'_>) -> (Relayed, AppCall)
     METRICS.app_response(status, app_time);
     if cfg.upstream.defers(status) {
         // The answer is not relayed; its connection is closed with the exchange.
-        if status == 408 {
-            log::warn!("app answered 408, it did not take the delivery: deferred as 503");
-        } else {
-            log::info!("app answered {status}: deferred as 503 (upstream.app_4xx = \"retry\")");
-        }
+        log::info!("app answered {status}: deferred as 503 (upstream.app_4xx)");
         stake
             .settle(AppAnswer {
                 status,
