@@ -6,13 +6,20 @@
 //! The timing fills a store of 1,000,000 ids first, then times fresh ids against the full store (every
 //! commit evicts one), on one thread and on two threads sharing the store. With `GUARD=1` every claim
 //! asks for the replay guard, which also remembers each body's digest under its own entry.
+//!
+//! Each figure has a `moka alone` twin: a bare moka cache built as the store builds its own (LRU, the TTL,
+//! a 128-bit id hashed by its first half, the store's `Done` as the value), filled and timed the same way
+//! with `contains_key` + `insert` and nothing else. The difference is the store's own cost; the twin is
+//! moka's floor.
 
 use std::fmt::Write;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use moka::policy::EvictionPolicy;
 use pps_sidecar::dedup::memory::MemoryStore;
-use pps_sidecar::dedup::{Body, BodyDigest, DedupStore, Held, Key, StoreClaim};
+use pps_sidecar::dedup::{Body, BodyDigest, DedupStore, Done, Held, Key, StoreClaim};
 
 #[global_allocator]
 static GLOBAL: pps_sidecar::allocator::MiMalloc = pps_sidecar::allocator::MiMalloc;
@@ -25,6 +32,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("mem") => mem(args[2].parse().expect("mem N")),
+        Some("moka-mem") => moka_mem(args[2].parse().expect("moka-mem N")),
         _ => table(),
     }
 }
@@ -83,6 +91,94 @@ async fn deliver(s: &MemoryStore, k: &Key, guard: bool) {
     s.commit(&held, 200).await;
 }
 
+/// A 128-bit id, as the store keeps one, hashed by its first half (the store's `IdHasher`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Id([u64; 2]);
+
+impl Hash for Id {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0[0]);
+    }
+}
+
+#[derive(Default)]
+struct FirstHalf(u64);
+
+impl Hasher for FirstHalf {
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("Id hashes with write_u64 only")
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Moka = moka::sync::Cache<Id, Done, BuildHasherDefault<FirstHalf>>;
+
+fn moka(capacity: u64) -> Moka {
+    moka::sync::Cache::builder()
+        .max_capacity(capacity)
+        .eviction_policy(EvictionPolicy::lru())
+        .time_to_live(DAY)
+        .build_with_hasher(BuildHasherDefault::default())
+}
+
+/// The `i`th id: splitmix64 of `i` twice, uniform like the store's keyed hashes.
+fn id(i: u64) -> Id {
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    Id([mix(2 * i), mix(2 * i + 1)])
+}
+
+/// What the store does with moka for a fresh id: a lookup that records no read, then the insert.
+fn moka_deliver(m: &Moka, i: u64) {
+    let id = id(i);
+    assert!(!m.contains_key(&id), "fresh id remembered");
+    // `None` takes the same room in the entry as a digest, without hashing a body inside the timing.
+    m.insert(
+        id,
+        Done {
+            status: 200,
+            digest: None,
+        },
+    );
+}
+
+/// `mem`'s twin for a bare moka cache.
+fn moka_mem(n: u64) {
+    let m = moka(n);
+    let before = status_kib("VmRSS");
+    (0..n).for_each(|i| moka_deliver(&m, i));
+    m.run_pending_tasks();
+    println!(
+        "{n} {before} {} {} {}",
+        status_kib("VmRSS"),
+        m.entry_count(),
+        status_kib("VmHWM")
+    );
+}
+
+/// Inserts ids `range` on `threads` threads (each its own slice); returns the wall time.
+fn moka_run(m: &Moka, range: std::ops::Range<u64>, threads: u64) -> Duration {
+    let start = Instant::now();
+    let per = (range.end - range.start) / threads;
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let from = range.start + t * per;
+            scope.spawn(move || (from..from + per).for_each(|i| moka_deliver(m, i)));
+        }
+    });
+    start.elapsed()
+}
+
 /// Prints `ids rss_before_kib rss_after_kib entries peak_kib`.
 fn mem(n: u64) {
     let s = MemoryStore::new(n, DAY, Duration::from_secs(60));
@@ -125,31 +221,45 @@ fn run(s: &Arc<MemoryStore>, keys: &Arc<Vec<Key>>, threads: usize) -> Duration {
     start.elapsed()
 }
 
+/// Runs this program with `mode n` in a fresh process; returns its line's numbers.
+fn child(mode: &str, n: u64) -> Vec<u64> {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([mode, &n.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect()
+}
+
+fn row(name: &str, d: Duration, n: u64) {
+    println!(
+        "{name:<34} {:>10.0} {:>14.0}",
+        d.as_nanos() as f64 / n as f64,
+        n as f64 / d.as_secs_f64()
+    );
+}
+
 fn table() {
     println!(
         "dedup store (pps_sidecar::dedup::memory::MemoryStore), mimalloc, capacity = ids, replay guard {}",
         if guard() { "on" } else { "off" }
     );
     println!(
-        "{:>10} {:>12} {:>12} {:>12} {:>10} {:>8}",
-        "ids", "rss0 KiB", "rss KiB", "peak KiB", "entries", "B/id"
+        "{:<11} {:>10} {:>12} {:>12} {:>12} {:>10} {:>8}",
+        "", "ids", "rss0 KiB", "rss KiB", "peak KiB", "entries", "B/id"
     );
-    let exe = std::env::current_exe().unwrap();
-    for n in [100_000u64, 1_000_000] {
-        let out = std::process::Command::new(&exe)
-            .args(["mem", &n.to_string()])
-            .output()
-            .unwrap();
-        let line = String::from_utf8(out.stdout).unwrap();
-        let v: Vec<u64> = line
-            .split_whitespace()
-            .map(|x| x.parse().unwrap())
-            .collect();
-        let per = (v[2] - v[1]) as f64 * 1024.0 / n as f64;
-        println!(
-            "{:>10} {:>12} {:>12} {:>12} {:>10} {:>8.0}",
-            v[0], v[1], v[2], v[4], v[3], per
-        );
+    for (name, mode) in [("store", "mem"), ("moka alone", "moka-mem")] {
+        for n in [100_000u64, 1_000_000] {
+            let v = child(mode, n);
+            let per = (v[2] - v[1]) as f64 * 1024.0 / n as f64;
+            println!(
+                "{name:<11} {:>10} {:>12} {:>12} {:>12} {:>10} {:>8.0}",
+                v[0], v[1], v[2], v[4], v[3], per
+            );
+        }
     }
 
     let mut buf = String::new();
@@ -161,19 +271,31 @@ fn table() {
     println!();
     println!("claim + commit of a fresh id, store of capacity {FULL}");
     println!("{:<34} {:>10} {:>14}", "case", "ns/id", "ids/s");
-    let row = |name: &str, d: Duration, n: u64| {
-        println!(
-            "{name:<34} {:>10.0} {:>14.0}",
-            d.as_nanos() as f64 / n as f64,
-            n as f64 / d.as_secs_f64()
-        );
-    };
     row("filling (1 thread, not yet full)", fill, FULL);
     for round in 0..3 {
         let base = FULL + round * 3 * TIMED;
         let one = run(&s, &make(base..base + TIMED), 1);
         row(&format!("full, 1 thread (round {})", round + 1), one, TIMED);
         let two = run(&s, &make(base + TIMED..base + 3 * TIMED), 2);
+        row(
+            &format!("full, 2 threads (round {}, wall)", round + 1),
+            two,
+            2 * TIMED,
+        );
+    }
+    drop(s);
+
+    let m = moka(FULL);
+    let fill = moka_run(&m, 0..FULL, 1);
+    println!();
+    println!("moka alone: contains_key + insert of a fresh id, capacity {FULL}");
+    println!("{:<34} {:>10} {:>14}", "case", "ns/id", "ids/s");
+    row("filling (1 thread, not yet full)", fill, FULL);
+    for round in 0..3 {
+        let base = FULL + round * 3 * TIMED;
+        let one = moka_run(&m, base..base + TIMED, 1);
+        row(&format!("full, 1 thread (round {})", round + 1), one, TIMED);
+        let two = moka_run(&m, base + TIMED..base + 3 * TIMED, 2);
         row(
             &format!("full, 2 threads (round {}, wall)", round + 1),
             two,
