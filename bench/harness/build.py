@@ -23,7 +23,7 @@ def binaries(s, root: str, example_names: List[str], with_hmac_rate: bool) -> Bu
     target = target_dir(root)
     binary, commit = sidecar(root, target, s.sidecar_bin, s.bench_rev)
     given = {"plain_proxy": s.plain_proxy_bin, "pingora_serve": s.serve_bin, "pingora_client": s.client_bin}
-    built = examples(root, target, {name: given[name] for name in example_names})
+    built = examples(root, target, {name: given.get(name, "") for name in example_names})
     rate = hmac_rate(root, target) if with_hmac_rate else ""
     return Built(binary, commit, built, rate, pingora_version(root))
 

@@ -67,7 +67,8 @@ def table(rows: List[Row], m: Medians, s, retries_used: int) -> List[str]:
     out += [
         "",
         f"  Every figure is the median of the {s.rounds} rounds; req/s also shows the slowest and fastest round.",
-        "  p50/p99: wrk --latency. All answers were 2xx (checked per run, and that the app saw every forwarded",
+        "  p50/p99: wrk --latency (at one connection: examples/one_connection.rs, timed on the monotonic clock).",
+        "  All answers were 2xx (checked per run, and that the app saw every forwarded",
         "  request, none of the duplicates and nothing from B-serve). proxy/app us/req: CPU time (/proc/PID/stat)",
         "  the row's server and the app spent per request; usr and sys split the proxy's into user and system",
         "  time. srv/wrk core%: how busy the servers' CPU and wrk's CPU were (/proc/stat); a wrk core near 100%",

@@ -14,7 +14,8 @@ from .context import Bench, port_open
 from .host import NPROC, BenchError, apt_install, log, missing, rss_kb, wait_quiet
 from .measure import Measurer
 from .peers import nginx
-from .rows import Row, select
+from .rows import Row, connections, select
+from .wrk import ONE_CONNECTION
 
 
 def main(root: str) -> int:
@@ -26,6 +27,8 @@ def plan(s):
     needed = needed_peers(rows, s)
     install(s, needed)
     examples = [p.example for p in peers.ALL if p.key in needed and p.example]
+    if any(connections(r, s) == 1 for r in rows):
+        examples.append(ONE_CONNECTION)
     return examples, s.hmac_rate, lambda bench: measure(bench, rows, needed)
 
 

@@ -1,4 +1,6 @@
-"""The load: wrk with bench/sign.lua, one run at a time, every answer checked.
+"""The load: wrk with bench/sign.lua, one run at a time, every answer checked. At one connection the
+client is examples/one_connection.rs instead: it times each request on the monotonic clock with blocking
+I/O, where wrk's own tail at one connection is larger than the rows' differences (bench/README.md).
 
 Webhook ids are PREFIX-TTTT-4000-8000-CCCCCCCCCCCC (sign.lua): the prefix is 4 hex digits of this run's
 sequence number and 4 random ones, so an id is never sent twice in one benchmark unless the row means it
@@ -11,6 +13,8 @@ import subprocess
 from typing import Dict
 
 from .host import CLK_TCK, BenchError
+
+ONE_CONNECTION = "one_connection"  # the cargo example that loads the rows at one connection
 
 
 class Wrk:
@@ -35,6 +39,9 @@ class Wrk:
                    BENCH_PREFIX=self.prefix(), BENCH_THREADS=str(b.s.threads), BENCH_QUOTA=str(quota))
         argv = ["wrk", f"-t{b.s.threads}", f"-c{conns}", f"-d{secs}s", "--timeout", "5s", "--latency",
                 "-s", os.path.join(b.bench_dir, "sign.lua"), f"http://127.0.0.1:{port}/webhooks"]
+        one = b.built.examples.get(ONE_CONNECTION) if conns == 1 and mode == "unique" else None
+        if one:
+            argv = [one, str(port), str(secs), b.bodies[size], b.sigs[size], env["BENCH_PREFIX"]]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         with open(out, "w") as f:
             try:
