@@ -53,9 +53,10 @@ enum Settled {
     Released,
 }
 
-/// A 128-bit keyed hash of a key or of a body digest.
+/// A 128-bit keyed hash of a key or of a body digest. Public, with [`IdHasher`] and [`cache`], only so
+/// that `bench/dedup-mem` can measure a bare moka cache built exactly as the store builds its own.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct Id([u64; 2]);
+pub struct Id(pub [u64; 2]);
 
 impl Hash for Id {
     /// The hash is already keyed and uniform: moka and the maps use its first half as is. The shard is
@@ -66,7 +67,7 @@ impl Hash for Id {
 }
 
 #[derive(Default)]
-struct IdHasher(u64);
+pub struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -86,6 +87,9 @@ impl Hasher for IdHasher {
 }
 
 type IdMap<T> = HashMap<Id, T, BuildHasherDefault<IdHasher>>;
+
+/// A moka cache keyed by [`Id`], as the store keeps done ids and done bodies.
+pub type IdCache<V> = Cache<Id, V, BuildHasherDefault<IdHasher>>;
 
 /// A key's claim in flight.
 struct InFlight {
@@ -177,9 +181,9 @@ enum Found {
 
 pub struct MemoryStore {
     hash: RandomState,
-    done: Cache<Id, Done, BuildHasherDefault<IdHasher>>,
+    done: IdCache<Done>,
     /// The replay guard's done bodies: body -> the key that was acknowledged with it.
-    bodies: Cache<Id, Id, BuildHasherDefault<IdHasher>>,
+    bodies: IdCache<Id>,
     claims: Box<[Mutex<Table<InFlight>>]>,
     body_claims: Box<[Mutex<Table<BodyInFlight>>]>,
     in_flight_ttl: Duration,
@@ -190,10 +194,8 @@ pub struct MemoryStore {
     skew: Mutex<Duration>,
 }
 
-fn cache<V: Clone + Send + Sync + 'static>(
-    max_entries: u64,
-    ttl: Duration,
-) -> Cache<Id, V, BuildHasherDefault<IdHasher>> {
+/// The store's moka cache: LRU, one TTL, at most `max_entries` ids.
+pub fn cache<V: Clone + Send + Sync + 'static>(max_entries: u64, ttl: Duration) -> IdCache<V> {
     Cache::builder()
         .max_capacity(max_entries)
         .eviction_policy(EvictionPolicy::lru())
@@ -204,10 +206,7 @@ fn cache<V: Clone + Send + Sync + 'static>(
 /// `id`'s value. A miss, the usual case (every event is new once), is looked up without recording a
 /// read: moka counts every recorded read in its frequency sketch, a table as large as the cache that the
 /// LRU policy never consults, at a cache miss or more per lookup (bench/README.md).
-fn remembered<V: Clone + Send + Sync + 'static>(
-    cache: &Cache<Id, V, BuildHasherDefault<IdHasher>>,
-    id: Id,
-) -> Option<V> {
+fn remembered<V: Clone + Send + Sync + 'static>(cache: &IdCache<V>, id: Id) -> Option<V> {
     cache.contains_key(&id).then(|| cache.get(&id)).flatten()
 }
 

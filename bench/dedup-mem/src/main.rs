@@ -7,18 +7,17 @@
 //! commit evicts one), on one thread and on two threads sharing the store. With `GUARD=1` every claim
 //! asks for the replay guard, which also remembers each body's digest under its own entry.
 //!
-//! Each figure has a `moka alone` twin: a bare moka cache built as the store builds its own (LRU, the TTL,
-//! a 128-bit id hashed by its first half, the store's `Done` as the value), filled and timed the same way
-//! with `contains_key` + `insert` and nothing else. The difference is the store's own cost; the twin is
-//! moka's floor.
+//! Each figure has a `moka alone` twin: a bare moka cache built by the store's own constructor
+//! (`memory::cache`: LRU, the TTL, a 128-bit id hashed by its first half) with the store's `Done` as the
+//! value, filled and timed the same way with `contains_key` + `insert` and nothing else. The difference is
+//! the store's own cost; the twin is moka's floor.
 
 use std::fmt::Write;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moka::policy::EvictionPolicy;
-use pps_sidecar::dedup::memory::MemoryStore;
+use pps_sidecar::dedup::memory::{Id, IdCache, MemoryStore, cache};
 use pps_sidecar::dedup::{Body, BodyDigest, DedupStore, Done, Held, Key, StoreClaim};
 
 #[global_allocator]
@@ -91,42 +90,7 @@ async fn deliver(s: &MemoryStore, k: &Key, guard: bool) {
     s.commit(&held, 200).await;
 }
 
-/// A 128-bit id, as the store keeps one, hashed by its first half (the store's `IdHasher`).
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Id([u64; 2]);
-
-impl Hash for Id {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0[0]);
-    }
-}
-
-#[derive(Default)]
-struct FirstHalf(u64);
-
-impl Hasher for FirstHalf {
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("Id hashes with write_u64 only")
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type Moka = moka::sync::Cache<Id, Done, BuildHasherDefault<FirstHalf>>;
-
-fn moka(capacity: u64) -> Moka {
-    moka::sync::Cache::builder()
-        .max_capacity(capacity)
-        .eviction_policy(EvictionPolicy::lru())
-        .time_to_live(DAY)
-        .build_with_hasher(BuildHasherDefault::default())
-}
+type Moka = IdCache<Done>;
 
 /// The `i`th id: splitmix64 of `i` twice, uniform like the store's keyed hashes.
 fn id(i: u64) -> Id {
@@ -154,7 +118,7 @@ fn moka_deliver(m: &Moka, i: u64) {
 
 /// `mem`'s twin for a bare moka cache.
 fn moka_mem(n: u64) {
-    let m = moka(n);
+    let m: Moka = cache(n, DAY);
     let before = status_kib("VmRSS");
     (0..n).for_each(|i| moka_deliver(&m, i));
     m.run_pending_tasks();
@@ -167,7 +131,7 @@ fn moka_mem(n: u64) {
 }
 
 /// Inserts ids `range` on `threads` threads (each its own slice); returns the wall time.
-fn moka_run(m: &Moka, range: std::ops::Range<u64>, threads: u64) -> Duration {
+fn moka_run(m: &Moka, range: Range<u64>, threads: u64) -> Duration {
     let start = Instant::now();
     let per = (range.end - range.start) / threads;
     std::thread::scope(|scope| {
@@ -263,39 +227,36 @@ fn table() {
     }
 
     let mut buf = String::new();
-    let mut make = |range: std::ops::Range<u64>| -> Arc<Vec<Key>> {
+    let mut make = |range: Range<u64>| -> Arc<Vec<Key>> {
         Arc::new(range.map(|i| key(&mut buf, i)).collect())
     };
     let s = Arc::new(MemoryStore::new(FULL, DAY, Duration::from_secs(60)));
-    let fill = run(&s, &make(0..FULL), 1);
-    println!();
-    println!("claim + commit of a fresh id, store of capacity {FULL}");
-    println!("{:<34} {:>10} {:>14}", "case", "ns/id", "ids/s");
-    row("filling (1 thread, not yet full)", fill, FULL);
-    for round in 0..3 {
-        let base = FULL + round * 3 * TIMED;
-        let one = run(&s, &make(base..base + TIMED), 1);
-        row(&format!("full, 1 thread (round {})", round + 1), one, TIMED);
-        let two = run(&s, &make(base + TIMED..base + 3 * TIMED), 2);
-        row(
-            &format!("full, 2 threads (round {}, wall)", round + 1),
-            two,
-            2 * TIMED,
-        );
-    }
+    timed_rounds(
+        "claim + commit of a fresh id, store of capacity",
+        |ids, threads| run(&s, &make(ids), threads as usize),
+    );
     drop(s);
 
-    let m = moka(FULL);
-    let fill = moka_run(&m, 0..FULL, 1);
+    let m: Moka = cache(FULL, DAY);
+    timed_rounds(
+        "moka alone: contains_key + insert of a fresh id, capacity",
+        |ids, threads| moka_run(&m, ids, threads),
+    );
+}
+
+/// Fills a cache of `FULL` ids, then times three rounds of fresh ids against it, on one thread and on two;
+/// `run(ids, threads)` delivers `ids` and returns the wall time.
+fn timed_rounds(title: &str, mut run: impl FnMut(Range<u64>, u64) -> Duration) {
+    let fill = run(0..FULL, 1);
     println!();
-    println!("moka alone: contains_key + insert of a fresh id, capacity {FULL}");
+    println!("{title} {FULL}");
     println!("{:<34} {:>10} {:>14}", "case", "ns/id", "ids/s");
     row("filling (1 thread, not yet full)", fill, FULL);
     for round in 0..3 {
         let base = FULL + round * 3 * TIMED;
-        let one = moka_run(&m, base..base + TIMED, 1);
+        let one = run(base..base + TIMED, 1);
         row(&format!("full, 1 thread (round {})", round + 1), one, TIMED);
-        let two = moka_run(&m, base + TIMED..base + 3 * TIMED, 2);
+        let two = run(base + TIMED..base + 3 * TIMED, 2);
         row(
             &format!("full, 2 threads (round {}, wall)", round + 1),
             two,
