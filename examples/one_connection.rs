@@ -86,6 +86,11 @@ fn run(
         non2xx += u64::from(!(200..300).contains(&status));
     }
     let elapsed = started.elapsed();
+    if micros.is_empty() {
+        return Err(std::io::Error::other(
+            "no request completed in the time given",
+        ));
+    }
     micros.sort_unstable();
     let at = |p: f64| micros[((micros.len() as f64 * p / 100.0) as usize).min(micros.len() - 1)];
     let mean = micros.iter().sum::<u64>() as f64 / micros.len() as f64;
@@ -97,7 +102,7 @@ fn run(
         at(50.0),
         at(90.0),
         at(99.0),
-        micros.last().copied().unwrap_or(0),
+        micros[micros.len() - 1],
     ))
 }
 
